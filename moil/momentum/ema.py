@@ -158,7 +158,8 @@ class MomentumTarget:
 
     .. math::
         \\bar W_0 = W^{teacher}_0, \\qquad
-        \\bar W_{k+1} = m_k\\,\\bar W_k + (1 - m_k)\\,W^{teacher}_k, \\quad m_k = \\mathrm{schedule}(k)
+        \\bar W_{k+1} = m_k\\,\\bar W_k + (1 - m_k)\\,W^{teacher}_k, \\qquad
+        m_k = \\mathrm{schedule}(k)
 
     Configuration only; the tensors live in an explicit :class:`MomentumState`.
 

@@ -72,7 +72,9 @@ def _real_steps(instance: object, attribute: attrs.Attribute, value: float) -> N
 
 def _check_step(schedule: object, step: int) -> int:
     if isinstance(step, bool):
-        raise TypeError(f"{type(schedule).__name__}: step must be an integer >= 0, got step={step!r}")
+        raise TypeError(
+            f"{type(schedule).__name__}: step must be an integer >= 0, got step={step!r}"
+        )
     try:
         step = operator.index(step)
     except TypeError:
