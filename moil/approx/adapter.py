@@ -171,7 +171,8 @@ class Adapter:
         """Effective tensors ``{"<t>.weight": Ŵ, "<t>.bias": b̂}`` for every target.
 
         ``"<t>.bias"`` is absent only when the layer has no bias and the
-        approximation adds none. New tensors; ``params`` and ``base`` are untouched.
+        approximation adds none. ``params`` and ``base`` are untouched; a bias the
+        approximation leaves alone (LowRank) is ``b0`` itself, not a copy.
         """
         self._check_base(base)
         out: dict[str, Tensor] = {}

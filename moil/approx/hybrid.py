@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from moil.approx.low_rank import LowRank
-from moil.approx.protocol import check_weight, finite_scale, positive_rank
+from moil.approx.protocol import check_rank, check_weight, finite_scale, positive_rank
 from moil.approx.transform import Transform
 
 __all__ = ["Hybrid"]
@@ -62,6 +62,9 @@ class Hybrid:
 
     def shapes(self, out_features: int, in_features: int) -> dict[str, tuple[int, ...]]:
         """Parameter shapes for an ``(out, in)`` weight."""
+        # Name the offending field: the Transform part alone would call it "rank".
+        check_rank("rank", self.rank, out_features, in_features)
+        check_rank("transform_rank", self.transform.rank, out_features, in_features)
         return {
             **self.low_rank.shapes(out_features, in_features),
             **self.transform.shapes(out_features, in_features),
@@ -71,6 +74,7 @@ class Hybrid:
         self, w0: Tensor, b0: Tensor | None = None, *, generator: torch.Generator | None = None
     ) -> dict[str, Tensor]:
         """Fresh parameters of both parts (low-rank first, for a fixed generator order)."""
+        self.shapes(*check_weight(w0, b0))
         return {
             **self.low_rank.init(w0, b0, generator=generator),
             **self.transform.init(w0, b0, generator=generator),

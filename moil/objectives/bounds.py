@@ -89,7 +89,9 @@ def layer_output_bound(delta: Tensor, x: Tensor) -> LayerOutputBound:
     """
     _check_matrix("layer_output_bound", "delta", delta)
     if delta.ndim != 2:
-        raise ValueError(f"layer_output_bound: delta must be (out, in), got shape {tuple(delta.shape)}.")
+        raise ValueError(
+            f"layer_output_bound: delta must be (out, in), got shape {tuple(delta.shape)}."
+        )
     err = output_error(delta, x)
     x_norm = torch.linalg.vector_norm(x, dim=-1)
     return LayerOutputBound(
@@ -135,7 +137,7 @@ def network_bound(
             f"{fn}: finetuned and approximate must be non-empty lists of equal length, got "
             f"{len(finetuned)} and {len(approximate)} layers."
         )
-    for i, (w, a) in enumerate(zip(finetuned, approximate)):
+    for i, (w, a) in enumerate(zip(finetuned, approximate, strict=True)):
         _check_matrix(fn, f"finetuned[{i}]", w)
         if w.ndim != 2 or a.shape != w.shape:
             raise ValueError(
@@ -150,12 +152,19 @@ def network_bound(
     dtype = _work_dtype(finetuned[0])
     ft = torch.stack([spectral_norm(w.to(dtype)) for w in finetuned])
     hat = torch.stack([spectral_norm(a.to(dtype)) for a in approximate])
-    diff = torch.stack([spectral_norm(w.to(dtype) - a.to(dtype)) for w, a in zip(finetuned, approximate)])
+    diff = torch.stack(
+        [
+            spectral_norm(w.to(dtype) - a.to(dtype))
+            for w, a in zip(finetuned, approximate, strict=True)
+        ]
+    )
     one = ft.new_ones(1)
     after = torch.cat([torch.flip(torch.cumprod(torch.flip(ft, [0]), 0), [0])[1:], one])  # Π_{k>l}
     before = torch.cat([one, torch.cumprod(hat, 0)[:-1]])  # Π_{k<l}
     coefficient = (after * before * diff).sum()
-    return (coefficient * torch.as_tensor(x_norm, dtype=dtype, device=ft.device)).to(finetuned[0].dtype)
+    return (coefficient * torch.as_tensor(x_norm, dtype=dtype, device=ft.device)).to(
+        finetuned[0].dtype
+    )
 
 
 class LowRankFit(NamedTuple):

@@ -45,9 +45,9 @@ def _check_pair(
         if missing or extra:
             raise KeyError(
                 f"{fn}: student and target must have the same keys; missing from student: "
-                f"{missing}, extra in student (not in target): {extra}. Merge the student for "
-                "exactly the target's layers (Adapter.merge over the same targets), or select "
-                "the shared keys with {k: target[k] for k in student}."
+                f"{missing}, extra in student (not in target): {extra}. Merge the student over "
+                "exactly the target's layers; a bias-free layer adapted by Transform or Hybrid "
+                "gains a bias, so give the target a zero '<module>.bias' for it."
             )
         keys = list(target)
         if not keys:
@@ -65,7 +65,9 @@ def _check_pair(
                 f"{t.device}; move the target with {{k: v.to(device) for k, v in target.items()}}."
             )
         if not s.is_floating_point():
-            raise TypeError(f"{fn}: key {key!r} has dtype {s.dtype}; weights must be floating-point.")
+            raise TypeError(
+                f"{fn}: key {key!r} has dtype {s.dtype}; weights must be floating-point."
+            )
     return keys
 
 
@@ -98,7 +100,9 @@ def imitation_loss(student: Mapping[str, Tensor], target: Mapping[str, Tensor]) 
     return torch.stack(terms).sum() if len(terms) > 1 else terms[0]
 
 
-def squared_frobenius_distance(student: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> Tensor:
+def squared_frobenius_distance(
+    student: Mapping[str, Tensor], target: Mapping[str, Tensor]
+) -> Tensor:
     r"""The exact squared weight distance ``Σ_keys ‖T_k − Ŵ_k‖_F²`` (no means).
 
     Unlike :func:`imitation_loss`, large layers count in proportion to their
@@ -166,11 +170,15 @@ def second_moment(x: Tensor, *, augmented: bool = False) -> Tensor:
             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}."
         )
     if not x.is_floating_point():
-        raise TypeError(f"second_moment: x must be floating-point, got dtype {x.dtype}; use x.float().")
+        raise TypeError(
+            f"second_moment: x must be floating-point, got dtype {x.dtype}; use x.float()."
+        )
     samples = x.reshape(-1, x.shape[-1])
     n = samples.shape[0]
     if n == 0:
-        raise ValueError(f"second_moment: x of shape {tuple(x.shape)} holds no sample; pass N >= 1.")
+        raise ValueError(
+            f"second_moment: x of shape {tuple(x.shape)} holds no sample; pass N >= 1."
+        )
     moment = samples.mT @ samples / n
     if not augmented:
         return moment
@@ -212,42 +220,52 @@ def data_aware_imitation_loss(
     fn = "data_aware_imitation_loss"
     if not moments:
         raise ValueError(f"{fn}: moments is empty; pass {{'<module>.weight': second_moment(x)}}.")
-    terms = []
-    for key, sigma in moments.items():
-        if key not in student or key not in target:
-            hint = f" — did you mean {key + '.weight'!r}?" if f"{key}.weight" in student else ""
-            raise KeyError(
-                f"{fn}: moment key {key!r} has no weight in both student and target{hint}; "
-                "key moments by the weight they multiply, '<module>.weight'."
-            )
-        _check_pair(fn, student, target, [key])
-        out_f, in_f = student[key].shape if student[key].ndim == 2 else (None, None)
-        if in_f is None:
-            raise ValueError(f"{fn}: {key!r} has shape {tuple(student[key].shape)}; moments need (out, in) weights.")
-        if sigma.ndim != 2 or sigma.shape[0] != sigma.shape[1]:
-            raise ValueError(f"{fn}: moment {key!r} must be square, got shape {tuple(sigma.shape)}; use second_moment(x).")
-        d = target[key].detach() - student[key]
-        size = sigma.shape[0]
-        if size == in_f:
-            terms.append(((d @ sigma) * d).sum())
-            continue
-        if size != in_f + 1:
-            raise ValueError(
-                f"{fn}: moment {key!r} has size {size} but the weight has in_features={in_f}; pass "
-                f"second_moment(x) ({in_f}×{in_f}) or second_moment(x, augmented=True) "
-                f"({in_f + 1}×{in_f + 1}) of that layer's inputs."
-            )
-        bias = key[: -len("weight")] + "bias" if key.endswith(".weight") else None
-        has = (bias in student, bias in target) if bias else (False, False)
-        if has[0] != has[1]:
-            raise KeyError(f"{fn}: bias {bias!r} is in only the {'student' if has[0] else 'target'}; give both or neither.")
-        term = ((d @ sigma[:in_f, :in_f]) * d).sum()
-        if has[0]:
-            _check_pair(fn, student, target, [bias])
-            e = target[bias].detach() - student[bias]
-            term = term + 2 * torch.dot(e, d @ sigma[:in_f, in_f]) + sigma[in_f, in_f] * torch.dot(e, e)
-        terms.append(term)
+    terms = [_data_aware_term(fn, key, sigma, student, target) for key, sigma in moments.items()]
     return torch.stack(terms).sum() if len(terms) > 1 else terms[0]
+
+
+def _data_aware_term(
+    fn: str, key: str, sigma: Tensor, student: Mapping[str, Tensor], target: Mapping[str, Tensor]
+) -> Tensor:
+    """``E‖D x (+ e)‖²`` for one layer; see :func:`data_aware_imitation_loss`."""
+    if key not in student or key not in target:
+        hint = f" — did you mean {key + '.weight'!r}?" if f"{key}.weight" in student else ""
+        raise KeyError(
+            f"{fn}: moment key {key!r} has no weight in both student and target{hint}; "
+            "key moments by the weight they multiply, '<module>.weight'."
+        )
+    _check_pair(fn, student, target, [key])
+    if student[key].ndim != 2:
+        raise ValueError(
+            f"{fn}: {key!r} has shape {tuple(student[key].shape)}; a moment multiplies an "
+            "(out, in) weight."
+        )
+    if sigma.ndim != 2 or sigma.shape[0] != sigma.shape[1]:
+        raise ValueError(
+            f"{fn}: moment {key!r} must be square, got shape {tuple(sigma.shape)}; "
+            "use second_moment(x)."
+        )
+    in_f, size = student[key].shape[1], sigma.shape[0]
+    d = target[key].detach() - student[key]
+    if size == in_f:
+        return ((d @ sigma) * d).sum()
+    if size != in_f + 1:
+        raise ValueError(
+            f"{fn}: moment {key!r} has size {size} but the weight has in_features={in_f}; pass "
+            f"second_moment(x) ({in_f}×{in_f}) or second_moment(x, augmented=True) "
+            f"({in_f + 1}×{in_f + 1}) of that layer's inputs."
+        )
+    term = ((d @ sigma[:in_f, :in_f]) * d).sum()
+    bias = key.removesuffix("weight") + "bias" if key.endswith(".weight") else None
+    in_student, in_target = (bias in student, bias in target) if bias else (False, False)
+    if in_student != in_target:
+        side = "student" if in_student else "target"
+        raise KeyError(f"{fn}: bias {bias!r} is in only the {side}; give both or neither.")
+    if not in_student:  # a bias-free layer: e = 0
+        return term
+    _check_pair(fn, student, target, [bias])
+    e = target[bias].detach() - student[bias]
+    return term + 2 * torch.dot(e, d @ sigma[:in_f, in_f]) + sigma[in_f, in_f] * torch.dot(e, e)
 
 
 def output_error(delta: Tensor, x: Tensor) -> Tensor:

@@ -1,0 +1,32 @@
+"""Recipes: approximations, objectives, momentum and optimisers composed into a train step.
+
+Each recipe is an immutable component with pure ``init``/``step``/``finalize``
+methods over an explicit state (see :mod:`moil.recipes.base`). Swapping one for
+another is the ablation interface:
+
+* :class:`MoIL` — teacher forward, momentum target, student imitation (the
+  method); ``momentum=0.0`` gives MoIL without momentum (target = teacher);
+* :class:`LoRA` — the student in the forward pass, task loss only;
+* :class:`FullFineTune` — the teacher alone (dense targets);
+* :class:`ImitateFixed` — students fitted to a fixed fine-tuned checkpoint.
+"""
+
+from moil.recipes.base import Recipe, Student
+from moil.recipes.finetune import FineTuneState, FullFineTune
+from moil.recipes.imitate import ImitateFixed, ImitateState
+from moil.recipes.lora import LoRA, LoRAState
+from moil.recipes.moil import MoIL, MoILState, default_optimizer
+
+__all__ = [
+    "FineTuneState",
+    "FullFineTune",
+    "ImitateFixed",
+    "ImitateState",
+    "LoRA",
+    "LoRAState",
+    "MoIL",
+    "MoILState",
+    "Recipe",
+    "Student",
+    "default_optimizer",
+]

@@ -1,0 +1,192 @@
+"""Closed-form fits of a student to a fixed target: no learning rate, no lag.
+
+* :class:`SVDFit` — LowRank: the Eckart–Young optimum, ``B A = (W̄ − W0)_r``.
+* :class:`ALSFit` — Transform / Hybrid (input side, transform shared or not):
+  alternating exact minimisations of ``Σ_t ‖W̄_t − Ŵ_t‖_F²``, each a reduced-rank
+  regression, so the error never increases; biases by least squares last.
+
+Both return a new parameter dict (``params`` untouched) in the params' dtype;
+the linear algebra runs in float64.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import attrs
+import torch
+from torch import Tensor
+
+from moil.approx import SEP, TRANSFORM_KEYS, Adapter, Hybrid, LowRank, Transform
+from moil.objectives import best_low_rank
+
+__all__ = ["SVDFit", "ALSFit", "reduced_rank_regression"]
+
+
+def reduced_rank_regression(x: Tensor, y: Tensor, rank: int) -> Tensor:
+    r"""``argmin_{rank(M) ≤ r} ‖Y − X M‖_F`` (minimum-norm solution).
+
+    With ``X = U S Vᵀ`` (thin SVD, ``Q`` = columns of ``U`` with ``s > 0``):
+    ``‖Y − XM‖² = ‖(I − QQᵀ)Y‖² + ‖QᵀY − S Vᵀ M‖²``, so ``M = V S⁻¹ (QᵀY)_r``
+    with ``(·)_r`` the truncated SVD (Eckart–Young).
+
+    Args:
+      x: ``X``, shape ``(n, p)``.
+      y: ``Y``, shape ``(n, q)``.
+      rank: ``r ≥ 1``.
+
+    Returns:
+      ``M``, shape ``(p, q)``, rank ≤ ``r``.
+    """
+    u, s, vh = torch.linalg.svd(x, full_matrices=False)
+    keep = s > s.max() * max(x.shape) * torch.finfo(s.dtype).eps
+    z = u[:, keep].T @ y
+    zu, zs, zvh = torch.linalg.svd(z, full_matrices=False)
+    r = min(rank, zs.numel())
+    z_r = (zu[:, :r] * zs[:r]) @ zvh[:r]
+    return vh[keep].T @ (z_r / s[keep, None])
+
+
+def _factor(m: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """``M ≈ P Q`` with ``P (p, r) = U√S``, ``Q (r, q) = √S Vᵀ`` (zero-padded to ``rank``)."""
+    u, s, vh = torch.linalg.svd(m, full_matrices=False)
+    root = torch.sqrt(s[:rank])
+    p, q = u[:, :rank] * root, root[:, None] * vh[:rank]
+    pad = rank - root.numel()
+    if pad > 0:
+        p = torch.cat([p, p.new_zeros(p.shape[0], pad)], 1)
+        q = torch.cat([q, q.new_zeros(pad, q.shape[1])], 0)
+    return p, q
+
+
+def _key(adapter: Adapter, target: str, name: str) -> str:
+    return f"{adapter.owner(target, name)}{SEP}{name}"
+
+
+@attrs.frozen
+class SVDFit:
+    r"""Set a :class:`~moil.approx.LowRank` student to the Eckart–Young optimum.
+
+    For every target ``B A·s = (W̄ − W0)_r`` — the truncated SVD, the exact
+    minimiser of ``‖W̄ − Ŵ‖_F`` over rank-``r`` students. Biases are not adapted.
+    """
+
+    def fit(
+        self,
+        adapter: Adapter,
+        base: Mapping[str, Tensor],
+        target: Mapping[str, Tensor],
+        params: Mapping[str, Tensor],
+    ) -> dict[str, Tensor]:
+        approx = adapter.approx
+        if not isinstance(approx, LowRank):
+            raise TypeError(
+                f"SVDFit fits LowRank students, got {type(approx).__name__}; use ALSFit for "
+                "Transform/Hybrid."
+            )
+        if adapter.sharing is not None and "lora_a" in adapter.sharing.keys:
+            raise ValueError("SVDFit: a shared lora_a has no closed form; use Gradient steps.")
+        out = dict(params)
+        for t in adapter.targets:
+            w0 = base[f"{t}.weight"]
+            fit = best_low_rank(target[f"{t}.weight"].double() - w0.double(), approx.rank)
+            out[_key(adapter, t, "lora_b")] = (fit.lora_b / approx.scale).to(w0)
+            out[_key(adapter, t, "lora_a")] = fit.lora_a.to(w0)
+        return out
+
+
+@attrs.frozen
+class ALSFit:
+    r"""Alternating least squares for input-side :class:`Transform` / :class:`Hybrid`.
+
+    Per sharing group ``g`` (targets that share the transform ``M = U D``, ``in × in``
+    of rank ``r_t``) it alternates, for ``iterations`` rounds:
+
+    1. low-rank step (Hybrid only), per target with ``G = I + M``:
+       ``N_t = argmin_{rank ≤ r} ‖(W̄_t − W0_t G) − N G‖_F``, ``L_t = W0_t + N_t``;
+    2. transform step: ``M = argmin_{rank ≤ r_t} Σ_t ‖(W̄_t − L_t) − L_t M‖_F``
+       (targets stacked row-wise: one shared ``M``).
+
+    Each is an exact reduced-rank regression, so the error is non-increasing; the
+    first low-rank step from ``M = 0`` is the Eckart–Young optimum, hence the fit is
+    never worse than :class:`SVDFit`. Last, the bias shift ``s = U a + c`` solves
+    ``min_s Σ_t ‖(b̄_t − b0_t) − L_t s‖²`` (``a = 0``, ``c = s``).
+
+    Args:
+      iterations: alternation rounds (≥ 1).
+    """
+
+    iterations: int = 8
+
+    def fit(
+        self,
+        adapter: Adapter,
+        base: Mapping[str, Tensor],
+        target: Mapping[str, Tensor],
+        params: Mapping[str, Tensor],
+    ) -> dict[str, Tensor]:
+        approx = adapter.approx
+        if isinstance(approx, Hybrid):
+            low, transform = approx.low_rank, approx.transform
+        elif isinstance(approx, Transform):
+            low, transform = None, approx
+        else:
+            raise TypeError(f"ALSFit fits Transform/Hybrid, got {type(approx).__name__}; use SVDFit.")
+        if transform.side != "input":
+            raise ValueError("ALSFit handles input-side transforms; use Gradient steps for side='output'.")
+        if low is not None and adapter.sharing is not None and "lora_a" in adapter.sharing.keys:
+            raise ValueError("ALSFit: a shared lora_a has no closed form; use Gradient steps.")
+        shared = adapter.sharing.keys & set(TRANSFORM_KEYS) if adapter.sharing else set()
+        if shared and shared != set(TRANSFORM_KEYS):
+            raise ValueError(
+                f"ALSFit: the transform is shared only in part ({sorted(shared)}); share all of "
+                "TRANSFORM_KEYS or none."
+            )
+        groups = adapter.groups() if shared else {t: (t,) for t in adapter.targets}
+        out = dict(params)
+        views = adapter._views(params)
+        for members in groups.values():
+            out.update(self._fit_group(adapter, members, base, target, views, low, transform))
+        return out
+
+    def _fit_group(self, adapter, members, base, target, views, low, transform):
+        f64 = torch.float64
+        like = base[f"{members[0]}.weight"]
+        w0 = [base[f"{t}.weight"].to(f64) for t in members]
+        tw = [target[f"{t}.weight"].to(f64) for t in members]
+        view = views[members[0]]
+        m = view["transform_up"].to(f64) @ view["transform_down"].to(f64)
+        eye = torch.eye(m.shape[0], dtype=f64, device=m.device)
+        if low is None:
+            lows = w0
+        else:
+            lows = [
+                w + low.scale * views[t]["lora_b"].to(f64) @ views[t]["lora_a"].to(f64)
+                for t, w in zip(members, w0)
+            ]
+        fitted: dict[str, Tensor] = {}
+        for _ in range(max(1, self.iterations)):
+            if low is not None:
+                g = eye + m
+                for i, t in enumerate(members):
+                    n_t = reduced_rank_regression(g.T, (tw[i] - w0[i] @ g).T, low.rank).T
+                    b, a = _factor(n_t / low.scale, low.rank)
+                    fitted[_key(adapter, t, "lora_b")], fitted[_key(adapter, t, "lora_a")] = b, a
+                    lows[i] = w0[i] + n_t
+            stacked = torch.cat(lows)
+            m = reduced_rank_regression(stacked, torch.cat([t - l for t, l in zip(tw, lows)]), transform.rank)
+        up, down = _factor(m, transform.rank)
+        t0 = members[0]
+        fitted[_key(adapter, t0, "transform_up")] = up
+        fitted[_key(adapter, t0, "transform_down")] = down
+        # Bias: b̂ = L (U a + c) + b0 — solve for the shift s = U a + c.
+        gaps = []
+        for t in members:
+            b0 = base.get(f"{t}.bias")
+            tb = target.get(f"{t}.bias")
+            ref = torch.zeros(like.shape[0], dtype=f64, device=like.device) if tb is None else tb.to(f64)
+            gaps.append(ref - (0 if b0 is None else b0.to(f64)))
+        shift = torch.linalg.lstsq(torch.cat(lows), torch.cat(gaps)[:, None]).solution[:, 0]
+        fitted[_key(adapter, t0, "transform_up_bias")] = shift
+        fitted[_key(adapter, t0, "transform_down_bias")] = torch.zeros(transform.rank, dtype=f64, device=like.device)
+        return {k: v.to(like) for k, v in fitted.items()}

@@ -1,0 +1,61 @@
+"""Follow the target by gradient steps on an imitation loss (MoIL's reference solver)."""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import attrs
+import torch
+from torch import Tensor
+
+from moil.approx import Adapter
+from moil.objectives import imitation_loss, squared_frobenius_distance
+from moil.optim import AdamState, AdamW
+
+__all__ = ["Gradient"]
+
+
+def _positive_int(instance, attribute, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Gradient: steps must be an integer >= 1, got steps={value!r}.")
+
+
+@attrs.frozen
+class Gradient:
+    r"""``k`` optimiser steps on ``loss(merge(θ), target)`` per task step.
+
+    With ``k = 1`` and :func:`moil.objectives.imitation_loss` this is the
+    reference: the student takes one AdamW step on
+    ``Σ_t mean((W̄_t − Ŵ_t)²) + mean((b̄_t − b̂_t)²)`` alongside the teacher's
+    task step. Imitation needs weights only, no data, so extra steps are cheap
+    (``O(targets · out · in · r)`` each, no forward pass).
+
+    Args:
+      steps: ``k ≥ 1``.
+      loss: ``(student_tensors, target_tensors) -> scalar``.
+    """
+
+    steps: int = attrs.field(default=1, validator=_positive_int)
+    loss: Callable[[Mapping[str, Tensor], Mapping[str, Tensor]], Tensor] = imitation_loss
+
+    def update(
+        self,
+        adapter: Adapter,
+        base: Mapping[str, Tensor],
+        params: dict[str, Tensor],
+        opt_state: AdamState,
+        optimizer: AdamW,
+        target: Mapping[str, Tensor],
+    ) -> tuple[dict[str, Tensor], AdamState, dict[str, float]]:
+        """Returns new params, optimiser state and ``{"imitation_loss", "distance"}``
+        measured *before* the last step (what the gradient saw)."""
+
+        def objective(p):
+            merged = adapter.merge(p, base)
+            return self.loss(merged, target), {k: v.detach() for k, v in merged.items()}
+
+        for _ in range(self.steps):
+            grads, (value, merged) = torch.func.grad_and_value(objective, has_aux=True)(params)
+            params, opt_state = optimizer.update(grads, opt_state, params)
+        distance = squared_frobenius_distance(merged, target).sqrt()
+        return params, opt_state, {"imitation_loss": float(value), "distance": float(distance)}

@@ -1,0 +1,368 @@
+"""Tests for moil.checkpoint: atomic safetensors checkpoints, trees, RNG and scalars."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+
+import moil.checkpoint as ckpt
+from moil.checkpoint import (
+    CheckpointMismatchError,
+    CorruptCheckpointError,
+    decode_generator,
+    decode_scalar,
+    encode_generator,
+    encode_scalar,
+    flatten,
+    load_checkpoint,
+    save_checkpoint,
+    unflatten,
+)
+
+SETTINGS = settings(derandomize=True, max_examples=40, deadline=None)
+
+
+def _tensors(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(4, 6, generator=g)
+    return {
+        "student/q::lora_a": torch.randn(3, 5, generator=g),
+        "student/q::lora_b": torch.randn(5, 3, generator=g, dtype=torch.float64),
+        "half": torch.randn(7, generator=g).to(torch.bfloat16),
+        "fp16": torch.randn(2, 2, generator=g).to(torch.float16),
+        "ids": torch.randint(-5, 5, (3,), generator=g),
+        "bytes": torch.randint(0, 255, (9,), generator=g, dtype=torch.uint8),
+        "mask": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 3),
+        "transposed": base.t(),  # non-contiguous view
+        "same_storage_a": base[:2],  # shares storage with base and with "transposed"
+        "same_storage_b": base,
+        "param": torch.nn.Parameter(torch.ones(2)),
+    }
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().contiguous().reshape(-1).view(torch.uint8)
+
+
+def _assert_bitwise(got: dict, want: dict) -> None:
+    assert set(got) == set(want)
+    for k, value in want.items():
+        assert (got[k].dtype, got[k].shape) == (value.dtype, value.shape), k
+        assert torch.equal(_bits(got[k]), _bits(value)), k
+
+
+# ----------------------------------------------------------------------------- round trip
+
+
+def test_round_trip_is_bitwise_and_keeps_metadata(tmp_path):
+    """load(save(t, m)) == (t, m) bit for bit, for every dtype, empty, 0-d, views and shared storage."""
+    tensors = _tensors()
+    meta = {"step": 12, "lr": 1e-4, "recipe": {"name": "moil", "ranks": [4, 8]}}
+    save_checkpoint(tmp_path / "c.safetensors", tensors, meta)
+    got, got_meta = load_checkpoint(tmp_path / "c.safetensors")
+    _assert_bitwise(got, tensors)
+    assert got_meta == meta
+
+
+def test_save_never_mutates_inputs(tmp_path):
+    """save_checkpoint leaves the caller's dict, tensors, strides and grad flags unchanged."""
+    tensors = _tensors()
+    before = {
+        k: (v.detach().clone(), v.stride(), v.requires_grad, v.data_ptr())
+        for k, v in tensors.items()
+    }
+    keys = list(tensors)
+    save_checkpoint(tmp_path / "c.safetensors", tensors)
+    assert list(tensors) == keys
+    for k, (value, stride, grad, ptr) in before.items():
+        assert torch.equal(tensors[k].detach(), value)
+        assert (tensors[k].stride(), tensors[k].requires_grad, tensors[k].data_ptr()) == (
+            stride,
+            grad,
+            ptr,
+        )
+
+
+def test_overwrite_replaces_and_creates_parents(tmp_path):
+    """Saving twice to one path keeps the second; missing parent directories are created."""
+    path = tmp_path / "a" / "b" / "c.safetensors"
+    save_checkpoint(path, {"x": torch.zeros(2)})
+    save_checkpoint(path, {"x": torch.ones(3)})
+    got, _ = load_checkpoint(path)
+    assert torch.equal(got["x"], torch.ones(3))
+
+
+def test_non_tensor_values_and_non_json_metadata_are_rejected(tmp_path):
+    """Inputs safetensors cannot hold raise TypeError naming the fix, and write nothing."""
+    with pytest.raises(TypeError, match="encode_scalar"):
+        save_checkpoint(tmp_path / "c.safetensors", {"step": 3})
+    with pytest.raises(TypeError, match="JSON"):
+        save_checkpoint(tmp_path / "c.safetensors", {"x": torch.zeros(1)}, {"t": torch.zeros(1)})
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- atomicity
+
+
+def test_crash_before_rename_keeps_old_checkpoint(tmp_path, monkeypatch):
+    """os.replace failing (a crash after writing the temp file) leaves the old file and no temp file."""
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, {"x": torch.zeros(4)}, {"v": 1})
+
+    def crash(*args, **kwargs):
+        raise OSError("simulated crash during rename")
+
+    monkeypatch.setattr(ckpt.os, "replace", crash)
+    with pytest.raises(OSError, match="simulated"):
+        save_checkpoint(path, {"x": torch.ones(4)}, {"v": 2})
+    monkeypatch.undo()
+    got, meta = load_checkpoint(path)
+    assert torch.equal(got["x"], torch.zeros(4)) and meta == {"v": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]
+
+
+def test_interrupt_mid_write_keeps_old_checkpoint(tmp_path, monkeypatch):
+    """A writer interrupted half-way (KeyboardInterrupt after a partial file) leaves the old file intact."""
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, {"x": torch.zeros(4)})
+
+    def half_write(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b'\x10\x00\x00\x00\x00\x00\x00\x00{"x":')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "save_file", half_write)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"x": torch.ones(4)})
+    monkeypatch.undo()
+    got, _ = load_checkpoint(path)
+    assert torch.equal(got["x"], torch.zeros(4))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_sigkill_during_saves_never_leaves_a_torn_checkpoint(tmp_path):
+    """A process killed (SIGKILL) while saving repeatedly leaves a checkpoint that loads completely."""
+    path = tmp_path / "c.safetensors"
+    script = textwrap.dedent(
+        f"""
+        import torch
+        from moil.checkpoint import save_checkpoint
+        big = torch.arange(4_000_000, dtype=torch.float32)
+        save_checkpoint({str(path)!r}, {{"x": big}}, {{"i": 0}})
+        i = 0
+        while True:
+            i += 1
+            save_checkpoint({str(path)!r}, {{"x": big + i}}, {{"i": i}})
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 30
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    got, meta = load_checkpoint(path)
+    assert torch.equal(got["x"], torch.arange(4_000_000, dtype=torch.float32) + meta["i"])
+
+
+# ----------------------------------------------------------------------------- bad files
+
+
+def test_missing_file_names_the_path(tmp_path):
+    """A missing checkpoint raises FileNotFoundError with the path and how checkpoints are made."""
+    with pytest.raises(
+        FileNotFoundError, match=r"nope\.safetensors.*does not exist.*save_checkpoint"
+    ):
+        load_checkpoint(tmp_path / "nope.safetensors")
+    with pytest.raises(FileNotFoundError, match="is a directory"):
+        load_checkpoint(tmp_path)
+
+
+@given(st.data())
+@SETTINGS
+def test_any_truncation_is_reported_as_corrupt(tmp_path_factory, data):
+    """Every proper prefix of a checkpoint file raises CorruptCheckpointError naming the path."""
+    d = tmp_path_factory.mktemp("trunc")
+    path = d / "c.safetensors"
+    save_checkpoint(path, {"a": torch.randn(3, 4), "b": torch.arange(5)}, {"k": "v"})
+    raw = path.read_bytes()
+    cut = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
+    path.write_bytes(raw[:cut])
+    with pytest.raises(
+        CorruptCheckpointError, match=r"c\.safetensors.*corrupt or truncated; delete it or restore"
+    ):
+        load_checkpoint(path)
+
+
+@given(st.binary(min_size=0, max_size=300))
+@SETTINGS
+def test_random_garbage_is_reported_as_corrupt(tmp_path_factory, blob):
+    """Arbitrary bytes never load: they raise CorruptCheckpointError, not a raw library error."""
+    path = tmp_path_factory.mktemp("junk") / "c.safetensors"
+    path.write_bytes(blob)
+    with pytest.raises(CorruptCheckpointError):
+        load_checkpoint(path)
+
+
+def test_plain_safetensors_without_tag_is_rejected(tmp_path):
+    """A valid safetensors file not written by save_checkpoint is refused with the format tag named."""
+    save_file({"x": torch.zeros(2)}, tmp_path / "plain.safetensors")
+    with pytest.raises(CorruptCheckpointError, match="not a moil checkpoint"):
+        load_checkpoint(tmp_path / "plain.safetensors")
+
+
+def test_newer_format_version_asks_to_upgrade(tmp_path):
+    """A file tagged with a future format version says which version and to upgrade moil."""
+    meta = {
+        "format": "pt",
+        "moil.format": ckpt.FORMAT,
+        "moil.format_version": str(ckpt.VERSION + 1),
+    }
+    save_file({"x": torch.zeros(2)}, tmp_path / "new.safetensors", metadata=meta)
+    with pytest.raises(CorruptCheckpointError, match="upgrade moil"):
+        load_checkpoint(tmp_path / "new.safetensors")
+
+
+# ----------------------------------------------------------------------------- expected
+
+
+def test_expected_mismatch_names_keys_shapes_and_dtypes(tmp_path):
+    """`expected` catches missing/unexpected keys, shapes and dtypes, naming key and both values."""
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, {"a": torch.zeros(2, 3), "b": torch.zeros(4), "c": torch.zeros(1)})
+    ok = {"a": torch.empty(2, 3, device="meta"), "b": torch.empty(4), "c": torch.empty(1)}
+    load_checkpoint(path, expected=ok)
+    cases = [
+        ({**ok, "d": torch.empty(1)}, r"missing.*'d'"),
+        ({"a": ok["a"], "b": ok["b"]}, r"unexpected.*'c'"),
+        ({**ok, "a": torch.empty(3, 2)}, r"'a' has shape \(2, 3\), expected \(3, 2\)"),
+        (
+            {**ok, "b": torch.empty(4, dtype=torch.float64)},
+            r"'b' has dtype torch.float32, expected torch.float64",
+        ),
+    ]
+    for expected, pattern in cases:
+        with pytest.raises(CheckpointMismatchError, match=f"another model/config.*{pattern}"):
+            load_checkpoint(path, expected=expected)
+
+
+# ----------------------------------------------------------------------------- trees
+
+segments = st.text(alphabet="ab.:_-0", min_size=1, max_size=5)
+trees = st.recursive(
+    st.builds(lambda n: torch.arange(float(n)), st.integers(0, 3)),
+    lambda children: st.dictionaries(segments, children, min_size=1, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(st.dictionaries(segments, trees, max_size=4))
+@SETTINGS
+def test_unflatten_inverts_flatten(tree):
+    """unflatten(flatten(t)) == t (same leaves, by identity); keys with '.' and '::' survive."""
+    flat = flatten(tree)
+    assert all(isinstance(v, torch.Tensor) for v in flat.values())
+
+    def same(a, b):
+        if isinstance(a, torch.Tensor):
+            return a is b
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+
+    assert same(unflatten(flat), tree)
+    assert flatten(unflatten(flat)) == flat
+
+
+def test_flatten_rejects_what_it_cannot_invert():
+    """'/' in a key, empty keys, empty sub-dicts and non-tensor leaves raise; conflicts in unflatten raise."""
+    with pytest.raises(ValueError, match="without '/'"):
+        flatten({"a/b": torch.zeros(1)})
+    with pytest.raises(ValueError, match="non-empty"):
+        flatten({"": torch.zeros(1)})
+    with pytest.raises(ValueError, match="empty mapping"):
+        flatten({"a": {}})
+    with pytest.raises(TypeError, match="encode_scalar"):
+        flatten({"a": {"step": 3}})
+    with pytest.raises(ValueError, match="also a tensor"):
+        unflatten({"a": torch.zeros(1), "a/b": torch.zeros(1)})
+    with pytest.raises(ValueError, match="prefix"):
+        unflatten({"a/b": torch.zeros(1), "a": torch.zeros(1)})
+    with pytest.raises(ValueError, match="empty segment"):
+        unflatten({"a//b": torch.zeros(1)})
+
+
+# ----------------------------------------------------------------------------- RNG and scalars
+
+
+def test_generator_state_resumes_bitwise_through_a_file(tmp_path):
+    """A generator saved mid-stream and restored from disk continues with the same draws."""
+    g = torch.Generator().manual_seed(1234)
+    torch.randn(10, generator=g)
+    tensors = flatten({"rng": {"torch": encode_generator(g)}, "step": encode_scalar(10)})
+    save_checkpoint(tmp_path / "c.safetensors", tensors)
+    expected = torch.randn(50, generator=g)
+    loaded = unflatten(load_checkpoint(tmp_path / "c.safetensors")[0])
+    resumed = decode_generator(loaded["rng"]["torch"])
+    assert torch.equal(torch.randn(50, generator=resumed), expected)
+    assert decode_scalar(loaded["step"]) == 10
+
+
+def test_encode_generator_is_a_copy():
+    """The encoded state does not follow the generator afterwards."""
+    g = torch.Generator().manual_seed(0)
+    state = encode_generator(g)
+    torch.rand(3, generator=g)
+    assert torch.equal(state, torch.Generator().manual_seed(0).get_state())
+    with pytest.raises(ValueError, match="uint8"):
+        decode_generator(torch.zeros(3))
+
+
+@given(st.one_of(st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=True)))
+@SETTINGS
+def test_scalars_round_trip_exactly(value):
+    """decode_scalar(encode_scalar(x)) is x with the same type and bits (nan, -0.0 included)."""
+    out = decode_scalar(encode_scalar(value))
+    assert type(out) is type(value)
+    if isinstance(value, float):
+        assert struct.pack("<d", out) == struct.pack("<d", value)
+    else:
+        assert out == value
+
+
+def test_scalar_errors():
+    """Out-of-range ints and non-numbers are refused."""
+    with pytest.raises(OverflowError):
+        encode_scalar(2**63)
+    with pytest.raises(TypeError):
+        encode_scalar("3")
+    with pytest.raises(ValueError, match="0-d"):
+        decode_scalar(torch.zeros(2))
+
+
+def test_metadata_json_shape_on_disk(tmp_path):
+    """The header stores one JSON string plus the format tag and version (readable by any tool)."""
+    from safetensors import safe_open
+
+    save_checkpoint(tmp_path / "c.safetensors", {"x": torch.zeros(1)}, {"a": [1, 2]})
+    with safe_open(tmp_path / "c.safetensors", "pt") as f:
+        header = f.metadata()
+    assert header["moil.format"] == "moil.checkpoint" and header["moil.format_version"] == "1"
+    assert json.loads(header["moil.metadata"]) == {"a": [1, 2]}
+    assert os.path.getsize(tmp_path / "c.safetensors") > 0

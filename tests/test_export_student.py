@@ -1,0 +1,229 @@
+"""Tests for moil.export.student: the compact student directory and its safe rebuild."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+
+import attrs
+import pytest
+import torch
+from torch import Tensor
+
+import moil.approx as ma
+from moil.checkpoint import CheckpointMismatchError, CorruptCheckpointError
+from moil.export import decode_component, encode_component, load_student, save_student
+
+TARGETS = tuple(
+    f"enc.layer.{i}.attention.self.{n}" for i in range(2) for n in ("query", "key", "value")
+)
+
+
+def _base(hidden: int = 12, seed: int = 0) -> dict[str, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for t in TARGETS:
+        out[f"{t}.weight"] = torch.randn(hidden, hidden, generator=g)
+        out[f"{t}.bias"] = torch.randn(hidden, generator=g)
+    return out
+
+
+def _trained(params: Mapping[str, Tensor], seed: int = 1) -> dict[str, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {k: 0.1 * torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in params.items()}
+
+
+ADAPTERS = {
+    "low_rank_shared_a": ma.Adapter(ma.LowRank(3, scale=0.5), TARGETS, ma.Sharing({"lora_a"})),
+    "transform_shared": ma.Adapter(ma.Transform(2), TARGETS, ma.Sharing(ma.TRANSFORM_KEYS)),
+    "hybrid_shared": ma.Adapter(
+        ma.Hybrid(3, transform_rank=2), TARGETS, ma.Sharing(ma.TRANSFORM_KEYS)
+    ),
+    "hybrid_output_side": ma.Adapter(ma.Hybrid(2, side="output", scale=-1.5), TARGETS),
+}
+
+
+def _saved(tmp_path, name="hybrid_shared", **kwargs):
+    adapter = ADAPTERS[name]
+    base = _base()
+    params = _trained(adapter.init(base, generator=torch.Generator().manual_seed(0)))
+    out = save_student(tmp_path / "student", adapter, params, **kwargs)
+    return out, adapter, params, base
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+def test_round_trip_merges_identically(tmp_path, name):
+    """merge(load(save(s))) == merge(s) bit for bit, for LowRank, Transform and Hybrid, shared or not."""
+    g = torch.Generator().manual_seed(5)
+    heads = {
+        "classifier.weight": torch.randn(3, 12, generator=g),
+        "classifier.bias": torch.randn(3, generator=g),
+    }
+    out, adapter, params, base = _saved(
+        tmp_path,
+        name,
+        heads=heads,
+        base_model="some/hub-id",
+        extra={"itm_acc": 0.71, "ranks": [3, 2]},
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["student.json", "student.safetensors"]
+    student = load_student(out, base=base)
+    assert student.adapter == adapter
+    assert student.base_model == "some/hub-id" and student.extra == {
+        "itm_acc": 0.71,
+        "ranks": [3, 2],
+    }
+    assert student.params.keys() == params.keys() and student.heads.keys() == heads.keys()
+    assert all(torch.equal(student.heads[k], v) for k, v in heads.items())
+    want, got = adapter.merge(params, base), student.adapter.merge(student.params, base)
+    assert want.keys() == got.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    if adapter.sharing is not None:  # shared parameters are stored once per group
+        assert len(student.params) < len(adapter.targets) * len(adapter.approx.shapes(12, 12))
+
+
+def test_json_describes_the_adapter(tmp_path):
+    """student.json records class path, fields, targets, sharing, versions and key lists."""
+    out, _, params, _ = _saved(tmp_path)
+    doc = json.loads((out / "student.json").read_text())
+    assert doc["format"] == "moil.student" and doc["format_version"] == 1
+    assert doc["approximation"] == {
+        "class": "moil.approx.hybrid:Hybrid",
+        "fields": {"rank": 3, "transform_rank": 2, "side": "input", "scale": 1.0},
+    }
+    assert doc["targets"] == list(TARGETS)
+    assert doc["sharing"] == {"keys": sorted(ma.TRANSFORM_KEYS), "strip": ma.QKV_SUFFIX}
+    assert doc["params"] == sorted(params) and doc["heads"] == []
+
+
+def test_wrong_base_is_a_shape_mismatch(tmp_path):
+    """Loading against a base of another width names the key and both shapes."""
+    out, *_ = _saved(tmp_path)
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"another model/config.*has shape \(3, 12\), expected \(3, 16\)",
+    ):
+        load_student(out, base=_base(hidden=16))
+    with pytest.raises(CheckpointMismatchError, match="no weight"):
+        load_student(out, base={})
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    """Missing files, bad JSON and a truncated tensor file each raise a clear error with the path."""
+    with pytest.raises(FileNotFoundError, match="student.json.*does not exist.*save_student"):
+        load_student(tmp_path / "nowhere")
+    out, *_ = _saved(tmp_path)
+    raw_json = (out / "student.json").read_text()
+    (out / "student.json").write_text(raw_json[: len(raw_json) // 2])
+    with pytest.raises(CorruptCheckpointError, match="not valid JSON"):
+        load_student(out)
+    (out / "student.json").write_text(raw_json)
+    raw = (out / "student.safetensors").read_bytes()
+    (out / "student.safetensors").write_bytes(raw[:-7])
+    with pytest.raises(CorruptCheckpointError, match="corrupt or truncated"):
+        load_student(out)
+    (out / "student.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="student.safetensors"):
+        load_student(out)
+
+
+def test_files_from_different_saves_are_detected(tmp_path):
+    """A student.json paired with another save's tensors is refused, not silently mixed."""
+    a, *_ = _saved(tmp_path / "a", "hybrid_shared")
+    b, *_ = _saved(tmp_path / "b", "low_rank_shared_a")
+    (a / "student.safetensors").write_bytes((b / "student.safetensors").read_bytes())
+    with pytest.raises(CheckpointMismatchError, match="different saves"):
+        load_student(a)
+
+
+def test_unknown_class_and_untrusted_module(tmp_path, monkeypatch):
+    """An unknown class is reported; a class outside moil needs trust_user_classes=True,
+    even when reached through an attribute of a moil module."""
+    out, *_ = _saved(tmp_path)
+    doc = json.loads((out / "student.json").read_text())
+    doc["approximation"]["class"] = "moil.approx:DoesNotExist"
+    (out / "student.json").write_text(json.dumps(doc))
+    with pytest.raises(CorruptCheckpointError, match="unknown class 'moil.approx:DoesNotExist'"):
+        load_student(out)
+    doc["approximation"]["class"] = "os:system"
+    (out / "student.json").write_text(json.dumps(doc))
+    with pytest.raises(PermissionError, match="trust_user_classes=True"):
+        load_student(out)
+    monkeypatch.setattr(ma, "Smuggled", Doubled, raising=False)
+    doc["approximation"]["class"] = "moil.approx:Smuggled"
+    doc["approximation"]["fields"] = {"rank": 2}
+    (out / "student.json").write_text(json.dumps(doc))
+    with pytest.raises(PermissionError, match="outside moil"):
+        load_student(out)
+    doc["approximation"]["class"] = "collections:OrderedDict"
+    (out / "student.json").write_text(json.dumps(doc))
+    with pytest.raises(CorruptCheckpointError, match="not an attrs class"):
+        load_student(out, trust_user_classes=True)
+
+
+@attrs.frozen
+class Doubled:
+    """A user approximation outside moil: ``Ŵ = W0 + 2·B A`` via LowRank with a tuple field."""
+
+    rank: int
+    tags: tuple[str, ...] = ("user",)
+    shareable = frozenset()
+
+    def _inner(self):
+        return ma.LowRank(self.rank, scale=2.0)
+
+    def init(self, w0, b0=None, *, generator=None):
+        return self._inner().init(w0, b0, generator=generator)
+
+    def weight(self, params, w0):
+        return self._inner().weight(params, w0)
+
+    def bias(self, params, w0, b0):
+        return b0
+
+    def num_params(self, out_features, in_features):
+        return self._inner().num_params(out_features, in_features)
+
+
+def test_user_class_round_trips_with_explicit_trust(tmp_path):
+    """A module-level attrs approximation outside moil loads only with trust_user_classes=True."""
+    adapter = ma.Adapter(Doubled(2, tags=("a", "b")), TARGETS[:2])
+    base = _base()
+    params = _trained(adapter.init(base))
+    out = save_student(tmp_path / "s", adapter, params)
+    with pytest.raises(PermissionError, match="outside moil"):
+        load_student(out, base=base)
+    student = load_student(out, base=base, trust_user_classes=True)
+    assert student.adapter == adapter and student.adapter.approx.tags == ("a", "b")
+    got, want = student.adapter.merge(student.params, base), adapter.merge(params, base)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_component_encoding_keeps_container_types():
+    """encode/decode preserve tuples, frozensets, dicts and nested attrs objects exactly."""
+
+    sharing = ma.Sharing({"lora_a", "transform_down"})
+    assert decode_component(encode_component(sharing)) == sharing
+    spec = encode_component(Doubled(3, tags=("x",)))
+    assert spec["fields"]["tags"] == {"__tuple__": ["x"]}
+    assert decode_component(spec, trust_user_classes=True) == Doubled(3, tags=("x",))
+
+
+def test_save_rejects_what_it_cannot_store(tmp_path):
+    """Local classes, non-JSON extra and params of another adapter fail at save time, writing nothing."""
+
+    @attrs.frozen
+    class Local:
+        rank: int = 1
+
+    base = _base()
+    adapter = ADAPTERS["hybrid_shared"]
+    params = adapter.init(base)
+    with pytest.raises(TypeError, match="module level"):
+        save_student(tmp_path / "s", ma.Adapter(Local(), TARGETS), {})
+    with pytest.raises(TypeError, match="JSON"):
+        save_student(tmp_path / "s", adapter, params, extra={"nan_tensor": torch.tensor(math.nan)})
+    with pytest.raises(CheckpointMismatchError, match="do not belong"):
+        save_student(tmp_path / "s", adapter, {"other.layer::lora_a": torch.zeros(1)})
+    assert not (tmp_path / "s").exists()
