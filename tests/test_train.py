@@ -1,0 +1,95 @@
+"""The training loop's options: precision, torch.compile, evaluation, batch sources."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moil.approx import Hybrid
+from moil.backbones import vilt
+from moil.objectives import ImageTextMatching, itm_accuracy
+from moil.optim import AdamW
+from moil.recipes import FullFineTune, MoIL
+from moil.train import evaluate, train
+
+TASK = ImageTextMatching()
+OPT = AdamW(lr=1e-2)
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return vilt.build(vilt.tiny("itm", seed=0))
+
+
+def batches(n, seed=0, size=4):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {
+            "input_ids": torch.randint(0, 99, (size, 7), generator=g),
+            "pixel_values": torch.randn(size, 3, 32, 32, generator=g),
+            "itm_labels": torch.randint(0, 2, (size,), generator=g),
+        }
+        for _ in range(n)
+    ]
+
+
+def test_bf16_autocast_keeps_fp32_master_copies(backbone):
+    """bf16 autocasts the forward only: teacher, target and student stay fp32 and the
+    result stays near the fp32 run (bf16 has ~3 significant digits)."""
+    data = batches(2)
+    recipe = MoIL(TASK, Hybrid(2), momentum=0.5, optimizer=OPT)
+    fp32 = train(recipe, backbone, data, steps=2)
+    bf16 = train(recipe, backbone, data, steps=2, precision="bf16")
+    for tree in (bf16.teacher, bf16.students["student"], bf16.targets["m0"].target):
+        assert all(v.dtype == torch.float32 for v in tree.values())
+    for k in fp32.teacher:
+        torch.testing.assert_close(bf16.teacher[k], fp32.teacher[k], rtol=0, atol=0.05)
+    assert any(not torch.equal(bf16.teacher[k], fp32.teacher[k]) for k in fp32.teacher)
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager(backbone):
+    """compile=True runs recipe.step under torch.compile and reaches the eager state (fp32)."""
+    data = batches(2)
+    recipe = FullFineTune(TASK, optimizer=OPT)
+    eager = train(recipe, backbone, data, steps=2)
+    compiled = train(recipe, backbone, data, steps=2, compile=True)
+    for k in eager.teacher:
+        torch.testing.assert_close(compiled.teacher[k], eager.teacher[k], rtol=1e-4, atol=1e-5)
+
+
+def test_evaluate_concatenates_batches(backbone):
+    """evaluate() computes each metric over the whole split, equal to a manual forward."""
+    data = batches(3)
+    params = {**backbone.base(), **backbone.head_params()}
+    got = evaluate(backbone, params, data, {"acc": lambda o, b: itm_accuracy(o["itm_logits"], b["itm_labels"])})
+    with torch.no_grad():
+        logits = torch.cat([backbone(params, b)["itm_logits"] for b in data])
+    labels = torch.cat([b["itm_labels"] for b in data])
+    assert got["acc"] == pytest.approx(float((logits.argmax(-1) == labels).float().mean()))
+
+
+def test_batch_function_and_iterable_agree(backbone):
+    """A batch function step -> batch and the equivalent list train to the same state."""
+    data = batches(3)
+    a = train(FullFineTune(TASK, optimizer=OPT), backbone, data, steps=3)
+    b = train(FullFineTune(TASK, optimizer=OPT), backbone, lambda step: data[step], steps=3)
+    for k in a.teacher:
+        assert torch.equal(a.teacher[k], b.teacher[k])
+
+
+def test_loop_errors(backbone):
+    """Too few batches and an unknown precision fail with the fix in the message."""
+    with pytest.raises(ValueError, match="ran out at step 1"):
+        train(FullFineTune(TASK, optimizer=OPT), backbone, batches(1), steps=2)
+    with pytest.raises(ValueError, match="precision"):
+        train(FullFineTune(TASK, optimizer=OPT), backbone, batches(1), steps=1, precision="fp8")
+
+
+def test_global_rng_untouched(backbone):
+    """train() draws a step's randomness from (seed, step), not from the caller's RNG."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train(FullFineTune(TASK, optimizer=OPT), backbone, batches(1), steps=1)
+    assert torch.equal(torch.rand(3), expected)
