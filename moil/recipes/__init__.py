@@ -8,11 +8,13 @@ another is the ablation interface:
   method); ``momentum=0.0`` gives MoIL without momentum (target = teacher);
 * :class:`LoRA` — the student in the forward pass, task loss only;
 * :class:`FullFineTune` — the teacher alone (dense targets);
+* :class:`HeadOnly` — the task heads alone (the floor);
 * :class:`ImitateFixed` — students fitted to a fixed fine-tuned checkpoint.
 """
 
 from moil.recipes.base import Recipe, Student
 from moil.recipes.finetune import FineTuneState, FullFineTune
+from moil.recipes.head_only import HeadOnly, HeadOnlyState
 from moil.recipes.imitate import ImitateFixed, ImitateState
 from moil.recipes.lora import LoRA, LoRAState
 from moil.recipes.moil import MoIL, MoILState, default_optimizer
@@ -20,6 +22,8 @@ from moil.recipes.moil import MoIL, MoILState, default_optimizer
 __all__ = [
     "FineTuneState",
     "FullFineTune",
+    "HeadOnly",
+    "HeadOnlyState",
     "ImitateFixed",
     "ImitateState",
     "LoRA",

@@ -1,0 +1,244 @@
+"""Experiment configuration: TOML files ⇄ typed, validated, immutable specs.
+
+Every field has a default, so an empty file is a valid config; unknown keys and
+wrong types are refused with the path of the bad value (``$.arms[1].rank``).
+The resolved config (all defaults filled in) is saved with every run.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import cattrs
+import tomli_w
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from moil.approx import Hybrid, LowRank, Transform
+from moil.momentum import Constant, CosineRamp, HalfLife, LinearWarmup
+
+__all__ = [
+    "ArmSpec", "Config", "ConfigError", "DataSpec", "ModelSpec", "StudentSpec", "TrainSpec",
+    "load_config", "config_dict", "dump_config", "parse_config", "parse_momentum", "build_approx",
+]
+
+RecipeName = Literal["moil", "lora", "full", "head"]
+ApproxName = Literal["hybrid", "lowrank", "transform"]
+
+
+class ConfigError(ValueError):
+    """A config file or value that cannot be used; the message lists every problem."""
+
+
+def _positive(instance, attribute, value) -> None:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        if v is not None and not v > 0:
+            raise ValueError(f"{attribute.name} must be > 0, got {attribute.name}={value!r}")
+
+
+@attrs.frozen
+class StudentSpec:
+    """One MoIL student: approximation, ranks, and how it follows its target."""
+
+    name: str = "hybrid"
+    approx: ApproxName = "hybrid"
+    rank: int = attrs.field(default=8, validator=_positive)
+    transform_rank: int | None = attrs.field(default=None, validator=_positive)
+    side: Literal["input", "output"] = "input"
+    #: ``None`` = the arm's momentum; else a momentum spec (see :func:`parse_momentum`).
+    momentum: str | float | None = None
+    lr: float | None = attrs.field(default=None, validator=_positive)
+    solver_steps: int = attrs.field(default=1, validator=_positive)
+    refit: Literal["none", "svd", "als"] = "none"
+    refit_every: int = 0
+    final_fit: bool = False
+
+
+@attrs.frozen
+class ArmSpec:
+    """One arm of a comparison: a recipe and its hyper-parameters.
+
+    ``lr`` may be a list: the arm then sweeps it on the validation split (never
+    the test split) and uses the best value for every seed.
+    """
+
+    name: str = "moil"
+    recipe: RecipeName = "moil"
+    lr: float | list[float] = attrs.field(default=2e-4, validator=_positive)
+    head_lr_scale: float = attrs.field(default=1.0, validator=_positive)
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    momentum: str | float = "half-life:20"
+    # LoRA arm: its approximation (LowRank at equal stored size by default).
+    approx: ApproxName = "lowrank"
+    rank: int = attrs.field(default=8, validator=_positive)
+    scale: float = 1.0
+    students: list[StudentSpec] = attrs.field(factory=lambda: [StudentSpec()])
+
+
+@attrs.frozen
+class DataSpec:
+    dataset: Literal["digits", "fashion"] = "digits"
+    #: Images kept per split (0 = all): a smaller run for smoke tests.
+    limit: int = 0
+    batch_size: int = attrs.field(default=32, validator=_positive)
+    eval_batch_size: int = attrs.field(default=250, validator=_positive)
+    split_seed: int = 0
+
+
+@attrs.frozen
+class ModelSpec:
+    #: ``minilm-efficientnet``: VisualBERT on the real all-MiniLM-L6-v2 weights with
+    #: EfficientNet-Lite0 grid tokens; ``tiny``: a random-init small one (tests).
+    family: Literal["minilm-efficientnet", "tiny"] = "minilm-efficientnet"
+    mlp: bool = False
+
+
+@attrs.frozen
+class TrainSpec:
+    steps: int = attrs.field(default=200, validator=_positive)
+    #: Steps of each learning-rate sweep run (``None`` = ``steps``).
+    sweep_steps: int | None = attrs.field(default=None, validator=_positive)
+    seeds: list[int] = attrs.field(factory=lambda: [0, 1, 2])
+    tasks: list[Literal["itm", "vqa"]] = attrs.field(factory=lambda: ["itm", "vqa"])
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    threads: int = 0
+
+
+@attrs.frozen
+class Config:
+    data: DataSpec = attrs.field(factory=DataSpec)
+    model: ModelSpec = attrs.field(factory=ModelSpec)
+    train: TrainSpec = attrs.field(factory=TrainSpec)
+    arms: list[ArmSpec] = attrs.field(factory=lambda: [ArmSpec()])
+
+    def __attrs_post_init__(self) -> None:
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arm names must be unique, got {names}")
+        if not self.train.seeds:
+            raise ValueError("train.seeds is empty; give at least one seed, e.g. seeds = [0]")
+
+
+_converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _number_or_list(value: Any, _type: Any) -> float | list[float]:
+    return [_number(v) for v in value] if isinstance(value, list) else _number(value)
+
+
+def _text_or_number(value: Any, _type: Any) -> str | float:
+    return value if isinstance(value, str) else _number(value)
+
+
+_converter.register_structure_hook(float | list[float], _number_or_list)
+_converter.register_structure_hook(str | float, _text_or_number)
+_converter.register_structure_hook(
+    str | float | None, lambda v, t: None if v is None else _text_or_number(v, t)
+)
+
+
+def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
+    """A :class:`Config` from a plain dict (e.g. parsed TOML), with readable errors."""
+    try:
+        return _converter.structure(raw, Config)
+    except Exception as err:  # cattrs raises exception groups; flatten them
+        problems = (
+            cattrs.transform_error(err, path="$", format_exception=_describe)
+            if isinstance(err, cattrs.BaseValidationError)
+            else [str(err)]
+        )
+        raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(problems)) from None
+
+
+def _describe(exc: BaseException, type_: Any) -> str:
+    # Our validators' messages name the field and the fix; keep them verbatim.
+    if type(exc) is ValueError and "must" in str(exc):
+        return str(exc)
+    return cattrs.v.format_exception(exc, type_)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read a TOML config; ``None`` gives the defaults."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file; write one (every field has a default) or omit --config.")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    return parse_config(raw, str(path))
+
+
+def config_dict(config: Config) -> dict[str, Any]:
+    """The resolved config as plain data (``None`` fields omitted)."""
+    return _drop_none(_converter.unstructure(config))
+
+
+def dump_config(config: Config) -> str:
+    """The resolved config as TOML (``None`` fields omitted: TOML has no null)."""
+    return tomli_w.dumps(config_dict(config))
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def parse_momentum(spec: str | float, steps: int) -> Any:
+    """A momentum schedule from a short spec.
+
+    ``0.99`` or ``"constant:0.99"``; ``"half-life:20"`` (m = 0.5^(1/20));
+    ``"cosine:0.99"`` or ``"cosine:0.99:1.0"`` (BYOL ramp over the run);
+    ``"linear:0.9:0.99"`` (linear warm-up over the run). ``"none"`` = 0 (target = teacher).
+    """
+    if isinstance(spec, (int, float)):
+        return Constant(float(spec))
+    kind, _, rest = str(spec).partition(":")
+    args = [float(a) for a in rest.split(":") if a]
+    try:
+        if kind == "none":
+            return Constant(0.0)
+        if kind == "constant" and len(args) == 1:
+            return Constant(args[0])
+        if kind == "half-life" and len(args) == 1:
+            return HalfLife(args[0])
+        if kind == "cosine" and len(args) in (1, 2):
+            return CosineRamp(*args, steps=steps)
+        if kind == "linear" and len(args) == 2:
+            return LinearWarmup(args[0], args[1], steps)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"momentum {spec!r}: {err}") from None
+    raise ConfigError(
+        f"momentum {spec!r} is not understood; use 0.99, 'constant:0.99', 'half-life:20', "
+        "'cosine:0.99[:1.0]', 'linear:0.9:0.99' or 'none'."
+    )
+
+
+def build_approx(name: str, rank: int, *, transform_rank: int | None = None, side: str = "input", scale: float = 1.0):
+    """The approximation component a spec names."""
+    if name == "lowrank":
+        return LowRank(rank, scale=scale)
+    if name == "transform":
+        return Transform(rank, side=side)
+    if name == "hybrid":
+        return Hybrid(rank, transform_rank, side=side, scale=scale)
+    raise ConfigError(f"approx {name!r}: use 'hybrid', 'lowrank' or 'transform'.")

@@ -1,0 +1,254 @@
+"""From a :class:`~moil.config.Config` to trained, evaluated runs: the CLI's engine.
+
+One *run* = one arm × task × seed × learning rate: build the recipe, train it on
+the training split, evaluate every candidate it offers (merged students,
+teacher, momentum targets, heads) on the validation and test splits, and
+record time, peak memory and stored size. Everything a run writes lands in its
+own folder (``metrics.jsonl``, ``results.json``, compact students).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import psutil
+import torch
+
+from moil.backbones import visualbert
+from moil.config import ArmSpec, Config, build_approx, parse_momentum
+from moil.data import DemoData, prepare_demo_data
+from moil.export import save_student
+from moil.objectives import ImageTextMatching, VQAScore, best_low_rank, itm_accuracy, vqa_score
+from moil.optim import AdamW, WarmupLinearDecay
+from moil.recipes import FullFineTune, HeadOnly, LoRA, MoIL, Student
+from moil.solvers import ALSFit, Gradient, SVDFit
+from moil.train import CHECKPOINT, evaluate, train
+
+__all__ = [
+    "PRIMARY_METRIC", "build_backbone", "build_recipe", "load_data", "primary_candidate",
+    "run_one", "stored_parameters", "train_stream",
+]
+
+PRIMARY_METRIC = {"itm": "accuracy", "vqa": "vqa_score"}
+TASK_LOSS = {"itm": ImageTextMatching(), "vqa": VQAScore()}
+METRICS = {
+    "itm": {"accuracy": lambda o, b: itm_accuracy(o["itm_logits"], b["itm_labels"])},
+    "vqa": {"vqa_score": lambda o, b: vqa_score(o["vqa_logits"], b["vqa_targets"])},
+}
+EVAL_SEED = 2024  # one fixed draw of negatives / question phrasings for every arm
+
+
+def load_data(config: Config) -> DemoData:
+    return prepare_demo_data(config.data.dataset, config.data.split_seed, limit=config.data.limit or None)
+
+
+def build_backbone(config: Config, task: str, data: DemoData):
+    """The model the config names, as a task :class:`~moil.backbones.Backbone`."""
+    dim = data.train.visual_embeds.shape[-1]
+    answers = len(data.task.answer_vocab)
+    if config.model.family == "minilm-efficientnet":
+        from moil.data.text import minilm_path
+
+        model, _ = visualbert.from_bert(minilm_path(), dim, task=task, num_answers=answers if task == "vqa" else None)
+    else:
+        model = visualbert.tiny(task, visual_embedding_dim=dim, num_answers=answers, vocab_size=30522, max_position_embeddings=64)
+    return visualbert.build(model.eval(), mlp=config.model.mlp)
+
+
+def _schedule(lr: float, steps: int, warmup: float) -> WarmupLinearDecay:
+    return WarmupLinearDecay(lr, steps, warmup)
+
+
+def build_recipe(arm: ArmSpec, task: str, lr: float, steps: int):
+    """The recipe an arm names, with the reference optimiser (AdamW β=(0.9, 0.98),
+    warm-up then linear decay) at learning rate ``lr``."""
+    opt = AdamW(lr=_schedule(lr, steps, arm.warmup), betas=(0.9, 0.98), weight_decay=arm.weight_decay)
+    loss = TASK_LOSS[task]
+    if arm.recipe == "head":
+        return HeadOnly(loss, opt)
+    if arm.recipe == "full":
+        return FullFineTune(loss, opt, arm.head_lr_scale)
+    if arm.recipe == "lora":
+        return LoRA(loss, build_approx(arm.approx, arm.rank, scale=arm.scale), opt, arm.head_lr_scale)
+    students = {}
+    for s in arm.students:
+        refit = {"none": None, "svd": SVDFit(), "als": ALSFit()}[s.refit]
+        students[s.name] = Student(
+            build_approx(s.approx, s.rank, transform_rank=s.transform_rank, side=s.side),
+            momentum=None if s.momentum is None else parse_momentum(s.momentum, steps),
+            lr=None if s.lr is None else _schedule(s.lr, steps, arm.warmup),
+            solver=Gradient(s.solver_steps),
+            refit=refit,
+            refit_every=s.refit_every or None,
+            final_fit=s.final_fit,
+        )
+    return MoIL(loss, students, momentum=parse_momentum(arm.momentum, steps), optimizer=opt,
+                head_lr_scale=arm.head_lr_scale)
+
+
+def primary_candidate(recipe) -> str:
+    """The candidate an arm is judged by (its stored model)."""
+    if isinstance(recipe, MoIL):
+        return f"student/{next(iter(recipe.students))}"
+    return {LoRA: "student/student", FullFineTune: "teacher", HeadOnly: "heads"}[type(recipe)]
+
+
+def stored_parameters(recipe, state, backbone) -> dict[str, int]:
+    """Numbers each candidate must store beyond the pre-trained model."""
+    heads = sum(v.numel() for v in backbone.head_params().values())
+    dense = sum(v.numel() for v in backbone.base().values())
+    base = backbone.base()
+    out = {}
+    for name in recipe.candidates(state, backbone):
+        if name.startswith("student/"):
+            adapter, _ = recipe.students_of(state, backbone)[name.split("/", 1)[1]]
+            out[name] = adapter.num_params(base) + heads
+        elif name == "heads":
+            out[name] = heads
+        else:
+            out[name] = dense + heads
+    return out
+
+
+def train_stream(data: DemoData, task: str, batch_size: int, seed: int) -> Iterator[dict]:
+    """Training batches epoch after epoch, epoch ``e`` shuffled by ``(seed, e)``."""
+    split, epoch = data.train, 0
+    while True:
+        make = split.itm_batches if task == "itm" else split.vqa_batches
+        yield from make(batch_size=batch_size, generator=seed * 10_007 + epoch, drop_last=True)
+        epoch += 1
+
+
+def eval_batches(data: DemoData, split: str, task: str, batch_size: int, limit: int | None = None) -> list[dict]:
+    part = data[split]
+    make = part.itm_batches if task == "itm" else part.vqa_batches
+    batches = list(make(batch_size=batch_size, generator=EVAL_SEED, shuffle=False))
+    return batches[:limit] if limit else batches
+
+
+class PeakMemory:
+    """Peak resident memory of this process during a ``with`` block, minus its start (MiB).
+
+    A sampling thread (every 20 ms) — CPU allocations by torch are invisible to
+    tracemalloc; on CUDA, ``torch.cuda.max_memory_allocated`` is used instead.
+    """
+
+    def __enter__(self) -> "PeakMemory":
+        self.cuda = torch.cuda.is_available()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        self._proc, self._stop = psutil.Process(), threading.Event()
+        self.start = self.peak = self._proc.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    @property
+    def mib(self) -> float:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated() / 2**20
+        return (self.peak - self.start) / 2**20
+
+
+def imitation_report(recipe, state, backbone) -> dict[str, Any]:
+    """Per student: its weight distance to its target and the Eckart–Young floor of
+    that target at the student's low rank; plus singular spectra of one layer."""
+    if not isinstance(recipe, MoIL):
+        return {}
+    base, out = backbone.base(), {}
+    weights = [k for k in base if k.endswith(".weight")]
+    probe = weights[len(weights) // 2]
+    for name, (adapter, params) in recipe.students_of(state, backbone).items():
+        target = state.targets[recipe._target_of(recipe.students[name])].target
+        merged = adapter.merge(params, base)
+        rank = adapter.approx.rank
+        floor2 = sum(float(best_low_rank((target[k] - base[k]).double(), rank).error) ** 2 for k in weights)
+        dist2 = sum(float((target[k] - merged[k]).double().square().sum()) for k in weights)
+        update2 = sum(float((target[k] - base[k]).double().square().sum()) for k in weights)
+        out[name] = {
+            "rank": rank,
+            "distance": dist2 ** 0.5,
+            "eckart_young_floor": floor2 ** 0.5,
+            "target_update_norm": update2 ** 0.5,
+            "uncovered_fraction": dist2 / update2 if update2 else 0.0,
+            "probe_layer": probe,
+            "spectrum_teacher": torch.linalg.svdvals((state.teacher[probe] - base[probe]).double()).tolist(),
+            "spectrum_target": torch.linalg.svdvals((target[probe] - base[probe]).double()).tolist(),
+            "spectrum_student": torch.linalg.svdvals((merged[probe] - base[probe]).double()).tolist(),
+        }
+    return out
+
+
+def run_one(
+    config: Config,
+    arm: ArmSpec,
+    task: str,
+    seed: int,
+    lr: float,
+    backbone,
+    data: DemoData,
+    run_dir: Path,
+    *,
+    steps: int | None = None,
+    splits: tuple[str, ...] = ("val", "test"),
+    on_step: Callable[[int, dict], None] | None = None,
+    resume: bool = False,
+    keep_checkpoint: bool = False,
+) -> dict[str, Any]:
+    """Train and evaluate one run; write ``metrics.jsonl``, ``results.json``, students."""
+    steps = steps or config.train.steps
+    run_dir.mkdir(parents=True, exist_ok=True)
+    recipe = build_recipe(arm, task, lr, steps)
+    metrics_path = run_dir / "metrics.jsonl"
+    mode = "a" if resume and metrics_path.exists() else "w"
+    with metrics_path.open(mode) as log, PeakMemory() as memory:
+        def record(step: int, metrics: dict) -> None:
+            log.write(json.dumps({"step": step, **metrics}) + "\n")
+            if on_step is not None:
+                on_step(step, metrics)
+
+        started = time.perf_counter()
+        state = train(
+            recipe, backbone, train_stream(data, task, config.data.batch_size, seed),
+            steps=steps, seed=seed, run_dir=run_dir, resume=resume, on_step=record,
+            precision=config.train.precision,
+        )
+        seconds = time.perf_counter() - started
+    candidates = recipe.candidates(state, backbone)
+    sizes = stored_parameters(recipe, state, backbone)
+    scores = {
+        name: {
+            split: evaluate(backbone, params, eval_batches(data, split, task, config.data.eval_batch_size), METRICS[task])
+            for split in splits
+        }
+        | {"stored_parameters": sizes[name]}
+        for name, params in candidates.items()
+    }
+    for name, (adapter, params) in recipe.students_of(state, backbone).items():
+        heads = {k: v for k, v in candidates[f"student/{name}"].items() if k in backbone.heads}
+        save_student(run_dir / f"student-{name}", adapter, params, heads=heads,
+                     extra={"arm": arm.name, "task": task, "seed": seed, "lr": lr}, overwrite=True)
+    if not keep_checkpoint:
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    result = {
+        "task": task, "arm": arm.name, "recipe": arm.recipe, "seed": seed, "lr": lr, "steps": steps,
+        "primary": primary_candidate(recipe), "metric": PRIMARY_METRIC[task],
+        "candidates": scores, "train_seconds": seconds, "peak_memory_mib": memory.mib,
+        "model_parameters": backbone.num_parameters(),
+        "imitation": imitation_report(recipe, state, backbone),
+    }
+    (run_dir / "results.json").write_text(json.dumps(result, indent=1))
+    return result
