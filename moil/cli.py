@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from moil.config import Config, ConfigError, dump_config, load_config, parse_config
+from moil.config import Config, ConfigError, dump_config, load_config, loads_config
 
 app = typer.Typer(
     help="MoIL — momentum imitation learning: train, evaluate and export stored students.",
@@ -36,9 +36,7 @@ ConfigOption = typer.Option(None, "--config", "-c", help="TOML config (omit for 
 def builtin_config(name: str) -> Config:
     """A config shipped in ``moil/configs/`` (``demo``, ``demo-quick``)."""
     text = resources.files("moil.configs").joinpath(f"{name}.toml").read_text()
-    import tomllib
-
-    return parse_config(tomllib.loads(text), f"moil/configs/{name}.toml")
+    return loads_config(text, f"moil/configs/{name}.toml")
 
 
 @contextmanager
@@ -63,7 +61,7 @@ def progress_reporter() -> Iterator[Callable[[str, int], Callable[[int, dict], N
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True, markup=True)
     raise typer.Exit(code)
 
 

@@ -25,7 +25,7 @@ from moil.momentum import Constant, CosineRamp, HalfLife, LinearWarmup
 
 __all__ = [
     "ArmSpec", "Config", "ConfigError", "DataSpec", "ModelSpec", "StudentSpec", "TrainSpec",
-    "load_config", "config_dict", "dump_config", "parse_config", "parse_momentum", "build_approx",
+    "load_config", "loads_config", "config_dict", "dump_config", "parse_config", "parse_momentum", "build_approx",
 ]
 
 RecipeName = Literal["moil", "lora", "full", "head"]
@@ -171,6 +171,15 @@ def _describe(exc: BaseException, type_: Any) -> str:
     return cattrs.v.format_exception(exc, type_)
 
 
+def loads_config(text: str, source: str = "<config>") -> Config:
+    """A :class:`Config` from TOML text."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{source}: not valid TOML: {err}") from None
+    return parse_config(raw, source)
+
+
 def load_config(path: str | Path | None) -> Config:
     """Read a TOML config; ``None`` gives the defaults."""
     if path is None:
@@ -178,11 +187,7 @@ def load_config(path: str | Path | None) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file; write one (every field has a default) or omit --config.")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from None
-    return parse_config(raw, str(path))
+    return loads_config(path.read_text(), str(path))
 
 
 def config_dict(config: Config) -> dict[str, Any]:

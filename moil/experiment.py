@@ -53,10 +53,14 @@ def build_backbone(config: Config, task: str, data: DemoData):
     if config.model.family == "minilm-efficientnet":
         from moil.data.text import minilm_path
 
-        model, _ = visualbert.from_bert(minilm_path(), dim, task=task, num_answers=answers if task == "vqa" else None)
+        model, new = visualbert.from_bert(minilm_path(), dim, task=task, num_answers=answers if task == "vqa" else None)
     else:
         model = visualbert.tiny(task, visual_embedding_dim=dim, num_answers=answers, vocab_size=30522, max_position_embeddings=64)
-    return visualbert.build(model.eval(), mlp=config.model.mlp)
+        new = [n for n, _ in model.named_parameters() if ".visual_projection." in n]
+    # Newly initialised parameters other than the head (the visual projection) are
+    # trained and stored by every arm: a frozen random projection would hide the image.
+    extra = [n for n in new if not n.startswith("cls.")]
+    return visualbert.build(model.eval(), mlp=config.model.mlp, trainable=extra)
 
 
 def _schedule(lr: float, steps: int, warmup: float) -> WarmupLinearDecay:

@@ -44,9 +44,9 @@ def machine() -> dict[str, Any]:
 
 def _cached(run_dir: Path, resume: bool, run: Callable[[bool], dict]) -> dict:
     done = run_dir / "results.json"
-    if resume and done.exists():
-        return json.loads(done.read_text())
-    return run(resume)
+    result = json.loads(done.read_text()) if resume and done.exists() else run(resume)
+    # Where its metrics.jsonl lives, relative to the grid folder (for the plots).
+    return {**result, "folder": str(Path(*run_dir.parts[-4:]))}
 
 
 def run_grid(config: Config, out: str | Path, *, reporter: Reporter = _quiet, resume: bool = False) -> dict:
@@ -63,21 +63,30 @@ def run_grid(config: Config, out: str | Path, *, reporter: Reporter = _quiet, re
         backbone = build_backbone(config, task, data)
         for arm in config.arms:
             lrs = arm.lr if isinstance(arm.lr, list) else [arm.lr]
-            lr = lrs[0]
+            lr, reuse = lrs[0], {}
             if len(lrs) > 1:
                 seed, steps = config.train.seeds[0], config.train.sweep_steps or config.train.steps
-                scores = []
+                # A full-length sweep run of the first seed *is* that seed's run at the
+                # chosen lr: it is also scored on test (never used for the choice) and reused.
+                splits = ("val", "test") if steps == config.train.steps else ("val",)
+                scores, by_lr = [], {}
                 for candidate in lrs:
                     folder = out / "sweep" / task / arm.name / f"lr{candidate:g}"
                     result = _cached(folder, resume, lambda r: run_one(
                         config, arm, task, seed, candidate, backbone, data, folder, steps=steps,
-                        splits=("val",), resume=r,
+                        splits=splits, resume=r,
                         on_step=reporter(f"{task} · {arm.name} · sweep lr={candidate:g}", steps)))
                     score = result["candidates"][result["primary"]]["val"][PRIMARY_METRIC[task]]
                     scores.append({"lr": candidate, "val": score})
+                    by_lr[candidate] = result
                 lr = max(scores, key=lambda s: s["val"])["lr"]
                 sweeps.append({"task": task, "arm": arm.name, "scores": scores, "chosen": lr})
+                if "test" in splits:
+                    reuse[seed] = by_lr[lr]
             for seed in config.train.seeds:
+                if seed in reuse:
+                    runs.append(reuse[seed])
+                    continue
                 folder = out / "runs" / task / arm.name / f"seed{seed}"
                 runs.append(_cached(folder, resume, lambda r: run_one(
                     config, arm, task, seed, lr, backbone, data, folder, resume=r,

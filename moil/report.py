@@ -123,7 +123,7 @@ def _spectrum(out: Path, runs: list[dict], task: str) -> list[str]:
 
 
 def _metrics(out: Path, run: dict) -> list[dict]:
-    path = out / "runs" / run["task"] / run["arm"] / f"seed{run['seed']}" / "metrics.jsonl"
+    path = out / run.get("folder", f"runs/{run['task']}/{run['arm']}/seed{run['seed']}") / "metrics.jsonl"
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -21,7 +21,7 @@ all-MiniLM-L6-v2): config and text weights copied, visual projection and head ne
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import attrs
 import torch
@@ -83,6 +83,7 @@ def build(
     mlp: bool = False,
     pooler: bool = True,
     exclude: Patterns = (),
+    trainable: Sequence[str] = (),
 ) -> Backbone:
     """A :class:`Backbone` for a VisualBERT task model.
 
@@ -95,6 +96,9 @@ def build(
       mlp: also adapt each layer's MLP linears (default targets only).
       pooler: train ``visual_bert.pooler`` with the head (itm/nlvr2 only).
       exclude: patterns of layers to leave out.
+      trainable: more parameter names / module paths trained (and stored) with the
+        heads — e.g. the new ``visual_bert.embeddings.visual_projection`` that
+        :func:`from_bert` reports, which no pre-trained checkpoint provides.
     """
     if task is None:
         task = "vqa" if isinstance(model, VisualBertForQuestionAnswering) else "itm"
@@ -105,7 +109,7 @@ def build(
             f"{type(model).__name__}; for other models use moil.backbones.from_model."
         )
     chosen = select_targets(model, family_patterns(QKV, MLP, targets, mlp), exclude)
-    heads = select_params(model, ("cls",) + (POOLER if pooler and spec.pooler else ()))
+    heads = select_params(model, ("cls",) + (POOLER if pooler and spec.pooler else ()) + tuple(trainable))
     sharing = auto_sharing(chosen, Sharing(TRANSFORM_KEYS))
     return Backbone(model, chosen, heads, sharing, spec.inputs, spec.outputs)
 

@@ -1,0 +1,108 @@
+"""The `moil` command end to end on a reduced size: demo, report, train → eval → export, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from moil.cli import app
+
+runner = CliRunner()
+SMALL = ["--model", "tiny", "--steps", "3", "--limit", "40"]
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    result = invoke("demo", "--quick", "--out", out, *SMALL)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_demo_writes_results_report_and_plots(demo_dir):
+    """`moil demo --quick` writes the resolved config, results.json with every arm, report.md, plots."""
+    results = json.loads((demo_dir / "results.json").read_text())
+    arms = {row["arm"] for row in results["summary"]}
+    assert arms == {"head-only", "lora", "moil"}
+    candidates = {row["candidate"] for row in results["summary"] if row["arm"] == "moil"}
+    assert {"student/hybrid", "teacher", "target/m0"} <= candidates
+    assert (demo_dir / "config.toml").exists()
+    for plot in ("curves-itm.png", "distance-itm.png", "spectrum-itm.png"):
+        assert (demo_dir / plot).stat().st_size > 1000, plot
+    for run in results["runs"]:
+        assert (demo_dir / run["folder"] / "metrics.jsonl").exists()
+
+
+def test_report_table_equals_results_json(demo_dir):
+    """Every number in report.md's table is the one in results.json's summary."""
+    results = json.loads((demo_dir / "results.json").read_text())
+    rows = [line for line in (demo_dir / "report.md").read_text().splitlines()
+            if line.startswith(("| itm (", "| vqa ("))]
+    summary = [r for r in results["summary"]]
+    assert len(rows) == len(summary)
+    for line, row in zip(rows, summary):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[1] == row["arm"]
+        assert float(re.match(r"[\d.]+", cells[3]).group()) == pytest.approx(row["test_mean"], abs=5e-5)
+        assert float(cells[4]) == pytest.approx(row["val_mean"], abs=5e-5)
+        assert int(cells[6].replace(",", "")) == row["stored_parameters"]
+        assert float(cells[7]) == pytest.approx(row["percent_of_model"], abs=5e-3)
+
+
+def test_demo_resume_reuses_finished_runs(demo_dir):
+    """--resume on a finished folder reruns nothing: the per-run results are unchanged."""
+    before = json.loads((demo_dir / "results.json").read_text())["runs"]
+    result = invoke("demo", "--quick", "--out", demo_dir, "--resume", *SMALL)
+    assert result.exit_code == 0, result.output
+    after = json.loads((demo_dir / "results.json").read_text())["runs"]
+    assert [r["train_seconds"] for r in after] == [r["train_seconds"] for r in before]
+
+
+def test_train_eval_export(tmp_path):
+    """`moil train` makes a run folder that `moil eval` and `moil export` (merged, student, peft) read."""
+    config = tmp_path / "run.toml"
+    config.write_text(
+        '[data]\nlimit = 40\n[model]\nfamily = "tiny"\n[train]\nsteps = 2\nseeds = [0]\ntasks = ["itm"]\n'
+        '[[arms]]\nname = "lora"\nrecipe = "lora"\nrank = 2\nlr = 1e-3\n'
+    )
+    run = tmp_path / "run"
+    result = invoke("train", "--config", config, "--out", run)
+    assert result.exit_code == 0, result.output
+    for name in ("config.toml", "metrics.jsonl", "results.json", "checkpoint.safetensors", "student-student"):
+        assert (run / name).exists(), name
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    result = invoke("eval", "--run", run)
+    assert result.exit_code == 0 and "student/student" in result.output
+    trained = json.loads((run / "results.json").read_text())["candidates"]["student/student"]["test"]["accuracy"]
+    assert json.loads(result.output)["student/student"]["test"]["accuracy"] == pytest.approx(trained)
+    for fmt, marker in (("merged", "config.json"), ("student", "student.json"), ("peft", "adapter_config.json")):
+        result = invoke("export", "--run", run, "--format", fmt, "--out", tmp_path / fmt)
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / fmt / marker).exists()
+
+
+def test_cli_errors_are_clear(tmp_path):
+    """A bad config and a folder that is not a run give exit code 2 and say what is wrong."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nsteps = -1\n")
+    result = invoke("train", "--config", bad, "--out", tmp_path / "x")
+    assert result.exit_code == 2 and "steps must be > 0" in result.output
+    result = invoke("eval", "--run", tmp_path)
+    assert result.exit_code == 2 and "not a `moil train` folder" in result.output
+
+
+@pytest.mark.slow
+def test_demo_quick_on_the_real_model(tmp_path):
+    """The main job's real parts (all-MiniLM-L6-v2 + EfficientNet-Lite0 tokens) run end to end, reduced."""
+    result = invoke("demo", "--quick", "--out", tmp_path, "--steps", "2", "--limit", "40")
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["runs"][0]["model_parameters"] > 20_000_000

@@ -1,0 +1,60 @@
+"""moil.config: TOML ⇄ typed specs, readable errors, momentum specs, the built-in configs."""
+
+from __future__ import annotations
+
+import pytest
+
+from moil.cli import builtin_config
+from moil.config import (
+    Config, ConfigError, build_approx, dump_config, load_config, loads_config, parse_config, parse_momentum,
+)
+from moil.momentum import Constant, CosineRamp, HalfLife, LinearWarmup
+
+
+def test_defaults_round_trip():
+    """Law: parse(dump(c)) == c — the resolved config saved with a run reloads exactly."""
+    config = parse_config({"arms": [{"name": "a", "lr": [1e-4, 3e-4], "momentum": 0.99,
+                                     "students": [{"name": "s", "momentum": "half-life:3", "lr": 1e-3}]}]})
+    assert loads_config(dump_config(config)) == config
+    assert loads_config(dump_config(Config())) == Config()
+
+
+def test_errors_name_the_path_and_the_fix(tmp_path):
+    """Every bad value is reported with its path; unknown keys are refused."""
+    with pytest.raises(ConfigError) as err:
+        parse_config({"train": {"steps": 0}, "arms": [{"rank": "x"}], "data": {"colour": 1}})
+    message = str(err.value)
+    assert "steps must be > 0" in message and "$.train" in message
+    assert "$.arms[0].rank" in message
+    assert "extra fields found (colour) @ $.data" in message
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nsteps = 3")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="arm names must be unique"):
+        parse_config({"arms": [{"name": "a"}, {"name": "a"}]})
+
+
+def test_momentum_specs():
+    """Each short spec builds the schedule it names; nonsense is refused with the forms allowed."""
+    assert parse_momentum(0.9, 10) == Constant(0.9)
+    assert parse_momentum("constant:0.5", 10) == Constant(0.5)
+    assert parse_momentum("none", 10) == Constant(0.0)
+    assert parse_momentum("half-life:20", 10) == HalfLife(20.0)
+    assert parse_momentum("cosine:0.9", 10) == CosineRamp(0.9, steps=10)
+    assert parse_momentum("linear:0.9:0.99", 10) == LinearWarmup(0.9, 0.99, 10)
+    with pytest.raises(ConfigError, match="half-life:20"):
+        parse_momentum("fast", 10)
+    with pytest.raises(ConfigError, match="momentum 'constant:1.5'"):
+        parse_momentum("constant:1.5", 10)
+    with pytest.raises(ConfigError, match="approx"):
+        build_approx("dora", 4)
+
+
+@pytest.mark.parametrize("name", ["demo", "demo-quick"])
+def test_builtin_configs_parse(name):
+    """The shipped demo configs are valid and every lr is a single value (sweeps were done)."""
+    config = builtin_config(name)
+    assert config.arms and all(not isinstance(a.lr, list) for a in config.arms)
