@@ -28,7 +28,7 @@ __all__ = [
     "load_config", "loads_config", "config_dict", "dump_config", "parse_config", "parse_momentum", "build_approx",
 ]
 
-RecipeName = Literal["moil", "lora", "full", "head"]
+RecipeName = Literal["moil", "lora", "full", "head", "peft-lora", "peft-dora", "peft-pissa"]
 ApproxName = Literal["hybrid", "lowrank", "transform"]
 
 
@@ -76,7 +76,7 @@ class ArmSpec:
     weight_decay: float = 0.01
     warmup: float = 0.1
     momentum: str | float = "half-life:20"
-    # LoRA arm: its approximation (LowRank at equal stored size by default).
+    # LoRA / PEFT arms: the approximation and rank (set the rank for equal stored size).
     approx: ApproxName = "lowrank"
     rank: int = attrs.field(default=8, validator=_positive)
     scale: float = 1.0

@@ -24,7 +24,7 @@ from moil.data import DemoData, prepare_demo_data
 from moil.export import save_student
 from moil.objectives import ImageTextMatching, VQAScore, best_low_rank, itm_accuracy, vqa_score
 from moil.optim import AdamW, WarmupLinearDecay
-from moil.recipes import FullFineTune, HeadOnly, LoRA, MoIL, Student
+from moil.recipes import FullFineTune, HeadOnly, LoRA, MoIL, PeftLowRank, Student
 from moil.solvers import ALSFit, Gradient, SVDFit
 from moil.train import CHECKPOINT, evaluate, train
 
@@ -78,6 +78,10 @@ def build_recipe(arm: ArmSpec, task: str, lr: float, steps: int):
         return FullFineTune(loss, opt, arm.head_lr_scale)
     if arm.recipe == "lora":
         return LoRA(loss, build_approx(arm.approx, arm.rank, scale=arm.scale), opt, arm.head_lr_scale)
+    if arm.recipe.startswith("peft-"):
+        variant = arm.recipe.split("-", 1)[1]
+        return PeftLowRank(loss, arm.rank, variant=variant, alpha=arm.scale * arm.rank, optimizer=opt,
+                           head_lr_scale=arm.head_lr_scale)
     students = {}
     for s in arm.students:
         refit = {"none": None, "svd": SVDFit(), "als": ALSFit()}[s.refit]
@@ -98,7 +102,8 @@ def primary_candidate(recipe) -> str:
     """The candidate an arm is judged by (its stored model)."""
     if isinstance(recipe, MoIL):
         return f"student/{next(iter(recipe.students))}"
-    return {LoRA: "student/student", FullFineTune: "teacher", HeadOnly: "heads"}[type(recipe)]
+    return {LoRA: "student/student", PeftLowRank: "student/student", FullFineTune: "teacher",
+            HeadOnly: "heads"}[type(recipe)]
 
 
 def stored_parameters(recipe, state, backbone) -> dict[str, int]:
@@ -108,7 +113,9 @@ def stored_parameters(recipe, state, backbone) -> dict[str, int]:
     base = backbone.base()
     out = {}
     for name in recipe.candidates(state, backbone):
-        if name.startswith("student/"):
+        if isinstance(recipe, PeftLowRank):
+            out[name] = recipe.num_stored(backbone) + heads
+        elif name.startswith("student/"):
             adapter, _ = recipe.students_of(state, backbone)[name.split("/", 1)[1]]
             out[name] = adapter.num_params(base) + heads
         elif name == "heads":

@@ -9,7 +9,8 @@ another is the ablation interface:
 * :class:`LoRA` — the student in the forward pass, task loss only;
 * :class:`FullFineTune` — the teacher alone (dense targets);
 * :class:`HeadOnly` — the task heads alone (the floor);
-* :class:`ImitateFixed` — students fitted to a fixed fine-tuned checkpoint.
+* :class:`ImitateFixed` — students fitted to a fixed fine-tuned checkpoint;
+* :class:`PeftLowRank` — LoRA / DoRA / PiSSA trained through PEFT (a baseline).
 """
 
 from moil.recipes.base import Recipe, Student
@@ -18,6 +19,7 @@ from moil.recipes.head_only import HeadOnly, HeadOnlyState
 from moil.recipes.imitate import ImitateFixed, ImitateState
 from moil.recipes.lora import LoRA, LoRAState
 from moil.recipes.moil import MoIL, MoILState, default_optimizer
+from moil.recipes.peft_baseline import PeftLowRank, PeftLowRankState
 
 __all__ = [
     "FineTuneState",
@@ -30,6 +32,8 @@ __all__ = [
     "LoRAState",
     "MoIL",
     "MoILState",
+    "PeftLowRank",
+    "PeftLowRankState",
     "Recipe",
     "Student",
     "default_optimizer",
