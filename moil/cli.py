@@ -130,14 +130,15 @@ def train(
 @app.command("eval")
 def evaluate_run(run: Path = typer.Option(..., "--run", help="A folder made by `moil train`.")) -> None:
     """Evaluate every candidate of a trained run (students, teacher, targets) on val and test."""
-    from moil.experiment import METRICS, eval_batches, stored_parameters
+    from moil.experiment import METRICS, device_of, eval_batches, stored_parameters
     from moil.train import evaluate
 
     cfg, spec, meta, recipe, state, backbone, data = _restore(run)
     sizes = stored_parameters(recipe, state, backbone)
     scores = {
-        name: {split: evaluate(backbone, params, eval_batches(data, split, meta["task"], cfg.data.eval_batch_size),
-                               METRICS[meta["task"]]) for split in ("val", "test")} | {"stored_parameters": sizes[name]}
+        name: {split: evaluate(backbone, params, eval_batches(data, split, meta["task"], cfg.data.eval_batch_size,
+                                                              device_of(cfg)), METRICS[meta["task"]])
+               for split in ("val", "test")} | {"stored_parameters": sizes[name]}
         for name, params in recipe.candidates(state, backbone).items()
     }
     _stdout().print_json(json.dumps(scores))

@@ -109,6 +109,8 @@ class TrainSpec:
     seeds: list[int] = attrs.field(factory=lambda: [0, 1, 2])
     tasks: list[Literal["itm", "vqa"]] = attrs.field(factory=lambda: ["itm", "vqa"])
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    #: ``auto`` = CUDA when available, else CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0
 
 

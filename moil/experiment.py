@@ -46,6 +46,19 @@ def load_data(config: Config) -> DemoData:
     return prepare_demo_data(config.data.dataset, config.data.split_seed, limit=config.data.limit or None)
 
 
+def device_of(config: Config) -> torch.device:
+    """The device the config asks for (``auto``: CUDA when available)."""
+    if config.train.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config.train.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device = 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'.")
+    return torch.device(config.train.device)
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def build_backbone(config: Config, task: str, data: DemoData):
     """The model the config names, as a task :class:`~moil.backbones.Backbone`."""
     dim = data.train.visual_embeds.shape[-1]
@@ -60,7 +73,7 @@ def build_backbone(config: Config, task: str, data: DemoData):
     # Newly initialised parameters other than the head (the visual projection) are
     # trained and stored by every arm: a frozen random projection would hide the image.
     extra = [n for n in new if not n.startswith("cls.")]
-    return visualbert.build(model.eval(), mlp=config.model.mlp, trainable=extra)
+    return visualbert.build(model.eval().to(device_of(config)), mlp=config.model.mlp, trainable=extra)
 
 
 def _schedule(lr: float, steps: int, warmup: float) -> WarmupLinearDecay:
@@ -125,20 +138,25 @@ def stored_parameters(recipe, state, backbone) -> dict[str, int]:
     return out
 
 
-def train_stream(data: DemoData, task: str, batch_size: int, seed: int) -> Iterator[dict]:
+def train_stream(
+    data: DemoData, task: str, batch_size: int, seed: int, device: torch.device = torch.device("cpu")
+) -> Iterator[dict]:
     """Training batches epoch after epoch, epoch ``e`` shuffled by ``(seed, e)``."""
     split, epoch = data.train, 0
     while True:
         make = split.itm_batches if task == "itm" else split.vqa_batches
-        yield from make(batch_size=batch_size, generator=seed * 10_007 + epoch, drop_last=True)
+        for batch in make(batch_size=batch_size, generator=seed * 10_007 + epoch, drop_last=True):
+            yield _to(batch, device)
         epoch += 1
 
 
-def eval_batches(data: DemoData, split: str, task: str, batch_size: int, limit: int | None = None) -> list[dict]:
+def eval_batches(
+    data: DemoData, split: str, task: str, batch_size: int, device: torch.device = torch.device("cpu")
+) -> list[dict]:
+    """The fixed evaluation batches of a split (same negatives / phrasings for every arm)."""
     part = data[split]
     make = part.itm_batches if task == "itm" else part.vqa_batches
-    batches = list(make(batch_size=batch_size, generator=EVAL_SEED, shuffle=False))
-    return batches[:limit] if limit else batches
+    return [_to(b, device) for b in make(batch_size=batch_size, generator=EVAL_SEED, shuffle=False)]
 
 
 class PeakMemory:
@@ -233,7 +251,7 @@ def run_one(
 
         started = time.perf_counter()
         state = train(
-            recipe, backbone, train_stream(data, task, config.data.batch_size, seed),
+            recipe, backbone, train_stream(data, task, config.data.batch_size, seed, device_of(config)),
             steps=steps, seed=seed, run_dir=run_dir, resume=resume, on_step=record,
             precision=config.train.precision,
         )
@@ -242,7 +260,8 @@ def run_one(
     sizes = stored_parameters(recipe, state, backbone)
     scores = {
         name: {
-            split: evaluate(backbone, params, eval_batches(data, split, task, config.data.eval_batch_size), METRICS[task])
+            split: evaluate(backbone, params, eval_batches(data, split, task, config.data.eval_batch_size,
+                                                           device_of(config)), METRICS[task])
             for split in splits
         }
         | {"stored_parameters": sizes[name]}

@@ -38,7 +38,7 @@ def _fmt(mean: float | None, std: float, n: int) -> str:
 def table_markdown(summary: list[dict]) -> str:
     """The results table: one row per task × arm × candidate."""
     lines = [
-        "| task | arm | candidate | test (mean ± std) | val | lr | stored params | % of model | train s | peak MiB |",
+        "| task | arm | candidate | test (mean ± std) | val | lr | stored params | % of model | train s | RSS growth MiB |",
         "| --- | --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for row in summary:
@@ -108,7 +108,7 @@ def _spectrum(out: Path, runs: list[dict], task: str) -> list[str]:
         ax.set_xlabel("singular value index")
         ax.set_ylabel("singular value")
         ax.set_title(
-            f"{task} · {run['arm']} · seed {run['seed']} · {info['probe_layer'].rsplit('.', 3)[-3]}…\n"
+            f"{task} · {run['arm']} · seed {run['seed']} · {'.'.join(info['probe_layer'].split('.')[-5:-1])}\n"
             f"all layers: distance {info['distance']:.4f} vs Eckart–Young floor {info['eckart_young_floor']:.4f}",
             fontsize=9,
         )
@@ -152,7 +152,11 @@ def write_report(results: dict[str, Any], out: str | Path) -> Path:
         f"torch {results['machine']['torch']}. Wall time: {results['wall_seconds']:.0f} s.",
         "",
         "Rows marked **(stored)** are what each arm keeps; the MoIL teacher is full fine-tuning "
-        "of the targets (bitwise, same optimiser), reported for free by the MoIL run.",
+        "of the targets (bitwise, same optimiser), reported for free by the MoIL run. "
+        "*train s* is a whole run (a MoIL run trains all its students at once). *RSS growth* is "
+        "how far the process's resident memory rose above its level at the start of the run (on "
+        "CUDA: peak allocated); the allocator reuses freed memory, so compare peaks with "
+        "`benchmarks/step_cost.py`, which measures each arm in a fresh process.",
         "",
         table_markdown(results["summary"]),
         "",
