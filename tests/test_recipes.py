@@ -269,3 +269,28 @@ def test_student_spec_errors():
         MoIL(TASK, {})
     with pytest.raises(ValueError, match="steps"):
         train(FullFineTune(TASK), None, [], steps=-1)
+
+
+def test_gradient_solver_follows_the_task_step_schedule(backbone):
+    """Law: with Gradient(k), all k updates of task step t use lr(t) — the schedule spans the
+    run for any k (indexed by the optimiser's update count it would end after T/k steps)."""
+    from moil.optim import WarmupLinearDecay
+
+    base = backbone.base()
+    g = torch.Generator().manual_seed(0)
+    target = {k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in base.items()}
+    adapter = backbone.adapter(LowRank(2))
+    params = adapter.init(base, generator=torch.Generator().manual_seed(1))
+    schedule = WarmupLinearDecay(1e-2, 4, warmup=0)  # lr(3) = peak / 4 > 0
+    opt = AdamW(lr=schedule)
+    state = opt.init(params)
+    state = state._replace(step=3 * 5)  # as after three task steps of k = 5
+    new, _, _ = Gradient(steps=5).update(adapter, base, params, state, opt, target, step=3)
+    assert any(not torch.equal(new[k], params[k]) for k in params)
+    # By hand: five AdamW updates at lr(3).
+    fixed = AdamW(lr=schedule(3))
+    expected, s = params, state
+    for _ in range(5):
+        grads = torch.func.grad(lambda p: imitation_loss(adapter.merge(p, base), target))(expected)
+        expected, s = fixed.update(grads, s, expected)
+    assert_trees_equal(new, expected, exact=False)

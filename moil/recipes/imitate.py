@@ -67,7 +67,7 @@ class ImitateFixed:
         for name, s in self.students.items():
             adapter = s.adapter(backbone)
             params, opt, m = (s.solver or self.solver).update(
-                adapter, base, state.students[name], state.student_opts[name], self._optimizer(s), target
+                adapter, base, state.students[name], state.student_opts[name], self._optimizer(s), target, state.step
             )
             if s.refit_every and (state.step + 1) % s.refit_every == 0:
                 params = s.refit.fit(adapter, base, target, params)

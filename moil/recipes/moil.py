@@ -144,7 +144,7 @@ class MoIL:
             adapter, target = s.adapter(backbone), targets[self._target_of(s)].target
             params, opt, m = (s.solver or self.solver).update(
                 adapter, base, state.students[name], state.student_opts[name],
-                self._student_optimizer(s), target,
+                self._student_optimizer(s), target, state.step,
             )
             if s.refit_every and (state.step + 1) % s.refit_every == 0:
                 params = s.refit.fit(adapter, base, target, params)

@@ -46,9 +46,17 @@ class Gradient:
         opt_state: AdamState,
         optimizer: AdamW,
         target: Mapping[str, Tensor],
+        step: int | None = None,
     ) -> tuple[dict[str, Tensor], AdamState, dict[str, float]]:
         """Returns new params, optimiser state and ``{"imitation_loss", "distance"}``
-        measured *before* the last step (what the gradient saw)."""
+        measured *before* the last step (what the gradient saw).
+
+        ``step`` is the task step: all ``k`` updates use the learning rate of that
+        step, so the schedule spans the run whatever ``k`` is (indexing it by the
+        optimiser's own update count would exhaust it after ``1/k`` of the run).
+        """
+        if step is not None:
+            optimizer = attrs.evolve(optimizer, lr=optimizer.learning_rate(step))
 
         def objective(p):
             merged = adapter.merge(p, base)
