@@ -1,0 +1,109 @@
+"""Smoke tests of ``benchmarks/``: every script runs at ``--size tiny --steps 2`` and reports
+its side-by-side ratios as positive finite numbers, printed and in ``--json``."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("peft")
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = ("step_cost", "many_students", "inference", "imitation_quality")
+TINY = ["--size", "tiny", "--steps", "2", "--device", "cpu", "--threads", "1"]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(
+        f"moil_benchmark_{name}", BENCHMARKS / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """``run(name)`` → (result dict, JSON written, stdout), each script run once per module;
+    torch's thread count is restored afterwards."""
+    threads, done = torch.get_num_threads(), {}
+
+    def go(name: str):
+        if name not in done:
+            path = tmp_path_factory.mktemp("bench") / f"{name}.json"
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                result = _load(name).main([*TINY, "--json", str(path)])
+            done[name] = result, json.loads(path.read_text()), printed.getvalue()
+        return done[name]
+
+    yield go
+    torch.set_num_threads(threads)
+
+
+def _check_ratios(ratios: dict) -> None:
+    assert ratios, "no ratios reported"
+    for key, value in ratios.items():
+        assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_reports_positive_finite_ratios(run, name):
+    result, written, printed = run(name)
+    assert written["ratios"] == pytest.approx(result["ratios"])
+    _check_ratios(written["ratios"])
+    assert written["size"] == "tiny" and written["machine"]["torch"] == torch.__version__
+    assert name in printed and "----" in printed  # a table was printed
+
+
+@pytest.mark.slow
+def test_step_cost_measures_every_arm_and_its_memory(run):
+    _, written, printed = run("step_cost")
+    arms = {"moil", "full_ft", "lora", "peft_lora", "torch_full_ft"}
+    assert set(written["seconds_per_step"]) == arms == set(written["peak_memory"])
+    _check_ratios(written["memory_ratios"])
+    assert written["ratios"]["full_ft/full_ft"] == 1.0
+    # Equal stored size: LowRank(r_eq) within one rank step of the Hybrid student.
+    params = written["params"]
+    assert (
+        abs(params["lora"]["stored"] - params["moil"]["stored"])
+        < params["lora"]["stored"] / written["lora_rank"]
+    )
+    assert "peak Δ MiB" in printed
+
+
+@pytest.mark.slow
+def test_many_students_joint_equals_solo(run):
+    _, written, _ = run("many_students")
+    assert set(written["ratios"]) >= {
+        "joint_1/separate_1",
+        "joint_2/separate_2",
+        "joint_4/separate_4",
+    }
+    assert written["max_abs_joint_minus_solo"] < 1e-5  # one run with k students == k runs
+
+
+@pytest.mark.slow
+def test_inference_merged_model_is_the_student(run):
+    _, written, _ = run("inference")
+    assert set(written["ratios"]) == {"merged/base", "functional/base", "peft_unmerged/base"}
+    assert written["merged_vs_functional_max_abs"] < 1e-5
+
+
+@pytest.mark.slow
+def test_imitation_quality_respects_the_eckart_young_floor(run):
+    _, written, _ = run("imitation_quality")
+    ratios = written["ratios"]
+    assert ratios["lowrank/svd_fit/ey_floor"] == pytest.approx(1.0, rel=1e-6)
+    for key, value in ratios.items():
+        if key.startswith("lowrank/"):  # no rank-r_eq additive student beats the floor
+            assert value >= 1.0 - 1e-6, (key, value)
+    assert written["distances"]["hybrid/als_fit"] < written["delta_norm"]
