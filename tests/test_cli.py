@@ -33,7 +33,7 @@ def test_demo_writes_results_report_and_plots(demo_dir):
     arms = {row["arm"] for row in results["summary"]}
     assert arms == {"head-only", "lora", "moil"}
     candidates = {row["candidate"] for row in results["summary"] if row["arm"] == "moil"}
-    assert {"student/hybrid", "teacher", "target/m0"} <= candidates
+    assert {"student/hybrid-k4+als", "teacher", "target/m0"} <= candidates
     assert (demo_dir / "config.toml").exists()
     for plot in ("curves-itm.png", "distance-itm.png", "spectrum-itm.png"):
         assert (demo_dir / plot).stat().st_size > 1000, plot
