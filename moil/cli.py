@@ -120,7 +120,7 @@ def train(
     try:
         with progress_reporter() as reporter:
             result = run_one(cfg, spec, task, seed, spec.lr, backbone, data, out, resume=resume, keep_checkpoint=True,
-                             on_step=reporter(f"{task} · {spec.name} · seed {seed}", cfg.train.steps))
+                             splits=tuple(cfg.train.eval_splits), on_step=reporter(f"{task} · {spec.name} · seed {seed}", cfg.train.steps))
     except KeyboardInterrupt:
         console.print(f"\n[yellow]interrupted[/yellow]: checkpoint saved in {out}; continue with --resume")
         raise typer.Exit(130) from None
@@ -245,11 +245,12 @@ def _restore(run: Path):
 
 def _print_run(result: dict) -> None:
     table = Table(title=f"{result['task']} · {result['arm']} · seed {result['seed']} ({result['metric']})")
-    for col in ("candidate", "val", "test", "stored params"):
+    splits = [s for s in ("val", "test") if any(s in c for c in result["candidates"].values())]
+    for col in ("candidate", *splits, "stored params"):
         table.add_column(col)
     for name, s in result["candidates"].items():
-        table.add_row(name + (" *" if name == result["primary"] else ""), f"{s['val'][result['metric']]:.4f}",
-                      f"{s['test'][result['metric']]:.4f}", f"{s['stored_parameters']:,}")
+        table.add_row(name + (" *" if name == result["primary"] else ""),
+                      *(f"{s[split][result['metric']]:.4f}" for split in splits), f"{s['stored_parameters']:,}")
     _stdout().print(table)
 
 

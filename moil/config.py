@@ -43,6 +43,16 @@ def _positive(instance, attribute, value) -> None:
             raise ValueError(f"{attribute.name} must be > 0, got {attribute.name}={value!r}")
 
 
+def _not_negative(instance, attribute, value) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {attribute.name}={value!r}")
+
+
+def _splits(instance, attribute, value) -> None:
+    if not value or len(set(value)) != len(value):
+        raise ValueError(f"{attribute.name} must list 'val' and/or 'test' once each, got {value!r}")
+
+
 @attrs.frozen
 class StudentSpec:
     """One MoIL student: approximation, ranks, and how it follows its target."""
@@ -111,7 +121,14 @@ class TrainSpec:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     #: ``auto`` = CUDA when available, else CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = 0
+    #: torch intra-op threads per run (0 = torch's default, or cores ÷ workers).
+    #: Results depend on it in the last bits, which short runs can amplify: fix it
+    #: (e.g. 1) to reproduce a table exactly.
+    threads: int = attrs.field(default=0, validator=_not_negative)
+    #: Runs trained at once, each in its own process (1 = in this process).
+    workers: int = attrs.field(default=1, validator=_positive)
+    #: Splits every (non-sweep) run is scored on; sweeps always use ``val``.
+    eval_splits: list[Literal["val", "test"]] = attrs.field(factory=lambda: ["val", "test"], validator=_splits)
 
 
 @attrs.frozen

@@ -4,24 +4,30 @@
 under ``out/runs/<task>/<arm>/seed<k>/`` (and ``out/sweep/…`` for sweeps),
 ``out/results.json`` and, via :mod:`moil.report`, ``out/report.md`` and PNG plots.
 Finished runs are reused on ``resume``; an interrupted one continues from its
-checkpoint.
+checkpoint. ``train.workers`` runs that many at once, each in its own process.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import platform
 import statistics
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
+from queue import Empty
 from typing import Any, Callable
 
+import attrs
 import torch
 
 from moil.config import Config, config_dict, dump_config
+from moil.data import DemoData
 from moil.experiment import PRIMARY_METRIC, build_backbone, load_data, run_one
 
-__all__ = ["run_grid", "summarize", "Reporter"]
+__all__ = ["Job", "run_grid", "summarize", "Reporter"]
 
 #: ``start(label, total_steps) -> on_step(step, metrics)``; the CLI draws progress bars.
 Reporter = Callable[[str, int], Callable[[int, dict], None]]
@@ -31,69 +37,216 @@ def _quiet(label: str, total: int) -> Callable[[int, dict], None]:
     return lambda step, metrics: None
 
 
-def machine() -> dict[str, Any]:
+def machine(config: Config | None = None) -> dict[str, Any]:
+    workers = config.train.workers if config is not None else 1
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "threads": _threads(config) if workers > 1 else torch.get_num_threads(),
+        "workers": workers,
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
 
 
-def _cached(run_dir: Path, resume: bool, run: Callable[[bool], dict]) -> dict:
-    done = run_dir / "results.json"
-    result = json.loads(done.read_text()) if resume and done.exists() else run(resume)
+def _threads(config: Config) -> int:
+    """Intra-op threads of each worker process: as configured, else cores ÷ workers."""
+    return config.train.threads or max(1, (os.cpu_count() or 1) // config.train.workers)
+
+
+@attrs.frozen
+class Job:
+    """One run of the grid: an arm × task × seed at one learning rate."""
+
+    task: str
+    arm: str
+    seed: int
+    lr: float
+    folder: Path
+    steps: int
+    splits: tuple[str, ...]
+    label: str
+
+
+class _Context:
+    """The data (loaded once) and one backbone per task, built on first use."""
+
+    def __init__(self, config: Config, data: DemoData | None = None) -> None:
+        self.config, self.data, self.backbones = config, data, {}
+        self.arms = {a.name: a for a in config.arms}
+
+    def run(self, job: Job, resume: bool, on_step: Callable[[int, dict], None]) -> dict:
+        if self.data is None:
+            self.data = load_data(self.config)
+        if job.task not in self.backbones:
+            self.backbones[job.task] = build_backbone(self.config, job.task, self.data)
+        result = run_one(
+            self.config, self.arms[job.arm], job.task, job.seed, job.lr, self.backbones[job.task], self.data,
+            job.folder, steps=job.steps, splits=job.splits, resume=resume, on_step=on_step,
+        )
+        return _with_folder(result, job.folder)
+
+
+def _with_folder(result: dict, run_dir: Path) -> dict:
     # Where its metrics.jsonl lives, relative to the grid folder (for the plots).
     return {**result, "folder": str(Path(*run_dir.parts[-4:]))}
 
 
+def _finished(job: Job, resume: bool) -> dict | None:
+    done = job.folder / "results.json"
+    return _with_folder(json.loads(done.read_text()), job.folder) if resume and done.exists() else None
+
+
+def _run_jobs(jobs: list[Job], context: _Context, reporter: Reporter, resume: bool) -> list[dict]:
+    """Results of ``jobs`` in order: finished ones (on ``resume``) read back, the rest
+    trained here or, with ``train.workers > 1``, in that many processes at once."""
+    results = [_finished(job, resume) for job in jobs]
+    todo = [i for i, r in enumerate(results) if r is None]
+    if context.config.train.workers == 1 or len(todo) <= 1:
+        for i in todo:
+            results[i] = context.run(jobs[i], resume, reporter(jobs[i].label, jobs[i].steps))
+        return results
+    # Longest runs first, so no worker is left with one long run at the end.
+    todo.sort(key=lambda i: -_RELATIVE_COST.get(context.arms[jobs[i].arm].recipe, 2))
+    for i, result in zip(todo, _in_processes([jobs[i] for i in todo], context, reporter, resume)):
+        results[i] = result
+    return results
+
+
+#: Rough run cost by recipe (MoIL trains a teacher and imitates; heads skip weight grads).
+_RELATIVE_COST = {"moil": 3, "head": 1}
+
+
+# -- worker processes ------------------------------------------------------------
+_worker: dict[str, Any] = {}
+
+
+def _start_worker(config: Config, queue: Any) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per worker is noise
+    torch.set_num_threads(_threads(config))
+    _worker.update(context=_Context(config), queue=queue)
+
+
+def _work(index: int, job: Job, resume: bool) -> dict:
+    queue = _worker["queue"]
+    queue.put((index, 0, None))
+
+    def on_step(step: int, metrics: dict) -> None:
+        queue.put((index, step, float(metrics.get("task_loss", float("nan")))))
+
+    return _worker["context"].run(job, resume, on_step)
+
+
+def _in_processes(jobs: list[Job], context: _Context, reporter: Reporter, resume: bool) -> list[dict]:
+    # spawn, not fork: a forked child would inherit torch's thread pools mid-state.
+    mp = multiprocessing.get_context("spawn")
+    queue = mp.Queue()
+    bars: dict[int, Callable[[int, dict], None]] = {}
+
+    def drain() -> None:
+        while True:
+            try:
+                index, step, loss = queue.get_nowait()
+            except Empty:
+                return
+            if index not in bars:
+                bars[index] = reporter(jobs[index].label, jobs[index].steps)
+            if loss is not None:
+                bars[index](step, {"task_loss": loss})
+
+    workers = min(context.config.train.workers, len(jobs))
+    pool = ProcessPoolExecutor(workers, mp_context=mp, initializer=_start_worker, initargs=(context.config, queue))
+    try:
+        futures = [pool.submit(_work, i, job, resume) for i, job in enumerate(jobs)]
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+            drain()
+            for future in done:
+                future.result()  # a failed run stops the grid now, with its own error
+        drain()
+        return [f.result() for f in futures]
+    except BaseException:
+        # Runs not yet started never start; running ones stop (Ctrl-C reaches them too,
+        # and each checkpoints its last finished step).
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
 def run_grid(config: Config, out: str | Path, *, reporter: Reporter = _quiet, resume: bool = False) -> dict:
-    """Run every task × arm × seed of ``config``; return (and write) the results."""
+    """Run every task × arm × seed of ``config``; return (and write) the results.
+
+    First every learning-rate sweep run (all arms and tasks at once), then every
+    seed run at the chosen rates; with ``train.workers > 1`` each phase spreads its
+    runs over that many processes. Results are in config order either way.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(dump_config(config))
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     started = time.perf_counter()
-    data = load_data(config)
-    runs, sweeps = [], []
+    # Loaded here even with workers: a first run computes and caches the image
+    # features once, before the workers read them.
+    context = _Context(config, load_data(config))
+    full = config.train.steps
+    lrs = {arm.name: arm.lr if isinstance(arm.lr, list) else [arm.lr] for arm in config.arms}
+
+    sweep_jobs = []
     for task in config.train.tasks:
-        backbone = build_backbone(config, task, data)
         for arm in config.arms:
-            lrs = arm.lr if isinstance(arm.lr, list) else [arm.lr]
-            lr, reuse = lrs[0], {}
-            if len(lrs) > 1:
-                seed, steps = config.train.seeds[0], config.train.sweep_steps or config.train.steps
-                # A full-length sweep run of the first seed *is* that seed's run at the
-                # chosen lr: it is also scored on test (never used for the choice) and reused.
-                splits = ("val", "test") if steps == config.train.steps else ("val",)
-                scores, by_lr = [], {}
-                for candidate in lrs:
-                    folder = out / "sweep" / task / arm.name / f"lr{candidate:g}"
-                    result = _cached(folder, resume, lambda r: run_one(
-                        config, arm, task, seed, candidate, backbone, data, folder, steps=steps,
-                        splits=splits, resume=r,
-                        on_step=reporter(f"{task} · {arm.name} · sweep lr={candidate:g}", steps)))
-                    score = result["candidates"][result["primary"]]["val"][PRIMARY_METRIC[task]]
-                    scores.append({"lr": candidate, "val": score})
-                    by_lr[candidate] = result
-                lr = max(scores, key=lambda s: s["val"])["lr"]
-                sweeps.append({"task": task, "arm": arm.name, "scores": scores, "chosen": lr})
-                if "test" in splits:
-                    reuse[seed] = by_lr[lr]
+            if len(lrs[arm.name]) == 1:
+                continue
+            steps = config.train.sweep_steps or full
+            # A full-length sweep run of the first seed *is* that seed's run at the
+            # chosen lr: it is also scored on test (never used for the choice) and reused.
+            extra = tuple(s for s in config.train.eval_splits if s != "val") if steps == full else ()
+            for lr in lrs[arm.name]:
+                sweep_jobs.append(Job(
+                    task, arm.name, config.train.seeds[0], lr, out / "sweep" / task / arm.name / f"lr{lr:g}",
+                    steps, ("val", *extra), f"{task} · {arm.name} · sweep lr={lr:g}",
+                ))
+    sweep_results = _run_jobs(sweep_jobs, context, reporter, resume)
+
+    sweeps, chosen, reuse = [], {}, {}
+    for task in config.train.tasks:
+        for arm in config.arms:
+            tried = [(j, r) for j, r in zip(sweep_jobs, sweep_results) if (j.task, j.arm) == (task, arm.name)]
+            if not tried:
+                chosen[task, arm.name] = lrs[arm.name][0]
+                continue
+            scores = [{"lr": j.lr, "val": r["candidates"][r["primary"]]["val"][PRIMARY_METRIC[task]]} for j, r in tried]
+            lr = max(scores, key=lambda s: s["val"])["lr"]
+            sweeps.append({"task": task, "arm": arm.name, "scores": scores, "chosen": lr})
+            chosen[task, arm.name] = lr
+            job, result = next((j, r) for j, r in tried if j.lr == lr)
+            if job.steps == full:
+                reuse[task, arm.name, job.seed] = result
+
+    seed_jobs, runs = [], []
+    for task in config.train.tasks:
+        for arm in config.arms:
+            lr = chosen[task, arm.name]
             for seed in config.train.seeds:
-                if seed in reuse:
-                    runs.append(reuse[seed])
-                    continue
-                folder = out / "runs" / task / arm.name / f"seed{seed}"
-                runs.append(_cached(folder, resume, lambda r: run_one(
-                    config, arm, task, seed, lr, backbone, data, folder, resume=r,
-                    on_step=reporter(f"{task} · {arm.name} · seed {seed} · lr={lr:g}", config.train.steps))))
+                if (task, arm.name, seed) not in reuse:
+                    seed_jobs.append(Job(
+                        task, arm.name, seed, lr, out / "runs" / task / arm.name / f"seed{seed}", full,
+                        tuple(config.train.eval_splits), f"{task} · {arm.name} · seed {seed} · lr={lr:g}",
+                    ))
+    seed_results = iter(_run_jobs(seed_jobs, context, reporter, resume))
+    for task in config.train.tasks:
+        for arm in config.arms:
+            for seed in config.train.seeds:
+                runs.append(reuse.get((task, arm.name, seed)) or next(seed_results))
+
     results = {
         "config": config_dict(config),
-        "machine": machine(),
+        "machine": machine(config),
         "wall_seconds": time.perf_counter() - started,
         "sweeps": sweeps,
         "runs": runs,

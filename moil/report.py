@@ -36,17 +36,21 @@ def _fmt(mean: float | None, std: float, n: int) -> str:
 
 
 def table_markdown(summary: list[dict]) -> str:
-    """The results table: one row per task × arm × candidate."""
+    """The results table: one row per task × arm × candidate (a ``val`` column when
+    the runs were scored on it)."""
+    val = any(row["val_mean"] is not None for row in summary)
     lines = [
-        "| task | arm | candidate | test (mean ± std) | val | lr | stored params | % of model | train s | RSS growth MiB |",
-        "| --- | --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: |",
+        "| task | arm | candidate | test (mean ± std) |" + (" val |" if val else "")
+        + " lr | stored params | % of model | train s | RSS growth MiB |",
+        "| --- | --- | --- | --- |" + (" --- |" if val else "") + " --- | ---: | ---: | ---: | ---: |",
     ]
     for row in summary:
         star = " **(stored)**" if row["primary"] else ""
         lines.append(
             f"| {row['task']} ({row['metric']}) | {row['arm']} | {_label(row)}{star} "
             f"| {_fmt(row['test_mean'], row['test_std'], row['seeds'])} "
-            f"| {_fmt(row['val_mean'], 0.0, 1)} | {row['lr']:g} "
+            + (f"| {_fmt(row['val_mean'], 0.0, 1)} " if val else "")
+            + f"| {row['lr']:g} "
             f"| {row['stored_parameters']:,} | {row['percent_of_model']:.2f} "
             f"| {row['train_seconds']:.0f} | {row['peak_memory_mib']:.0f} |"
         )
@@ -137,6 +141,12 @@ def _smooth(values: list[float], alpha: float = 0.1) -> list[float]:
     return out
 
 
+def _parallelism(machine: dict) -> str:
+    workers = machine.get("workers", 1)
+    threads = f"{machine['threads']} thread{'s' if machine['threads'] != 1 else ''}"
+    return f"{workers} worker processes × {threads} each" if workers > 1 else threads
+
+
 def write_report(results: dict[str, Any], out: str | Path) -> Path:
     """Write ``report.md`` and its plots next to ``results.json``; return the report path."""
     out = Path(out)
@@ -148,12 +158,13 @@ def write_report(results: dict[str, Any], out: str | Path) -> Path:
         "# moil report",
         "",
         f"Model parameters: {results['runs'][0]['model_parameters']:,}. "
-        f"Machine: {results['machine']['processor']}, {results['machine']['threads']} threads, "
+        f"Machine: {results['machine']['processor']}, {_parallelism(results['machine'])}, "
         f"torch {results['machine']['torch']}. Wall time: {results['wall_seconds']:.0f} s.",
         "",
         "Rows marked **(stored)** are what each arm keeps; the MoIL teacher is full fine-tuning "
         "of the targets (bitwise, same optimiser), reported for free by the MoIL run. "
-        "*train s* is a whole run (a MoIL run trains all its students at once). *RSS growth* is "
+        "*train s* is a whole run (a MoIL run trains all its students at once; with several "
+        "workers, runs share the machine). *RSS growth* is "
         "how far the process's resident memory rose above its level at the start of the run (on "
         "CUDA: peak allocated); the allocator reuses freed memory, so compare peaks with "
         "`benchmarks/step_cost.py`, which measures each arm in a fresh process.",

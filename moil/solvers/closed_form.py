@@ -23,6 +23,12 @@ from moil.objectives import best_low_rank
 __all__ = ["SVDFit", "ALSFit", "reduced_rank_regression"]
 
 
+def _truncate(y: Tensor, rank: int) -> Tensor:
+    """``Y_r``: the best rank-``r`` approximation of ``Y`` (Eckart–Young)."""
+    u, s, vh = torch.linalg.svd(y, full_matrices=False)
+    return (u[:, :rank] * s[:rank]) @ vh[:rank]
+
+
 def reduced_rank_regression(x: Tensor, y: Tensor, rank: int) -> Tensor:
     r"""``argmin_{rank(M) ≤ r} ‖Y − X M‖_F`` (minimum-norm solution).
 
@@ -41,10 +47,7 @@ def reduced_rank_regression(x: Tensor, y: Tensor, rank: int) -> Tensor:
     u, s, vh = torch.linalg.svd(x, full_matrices=False)
     keep = s > s.max() * max(x.shape) * torch.finfo(s.dtype).eps
     z = u[:, keep].T @ y
-    zu, zs, zvh = torch.linalg.svd(z, full_matrices=False)
-    r = min(rank, zs.numel())
-    z_r = (zu[:, :r] * zs[:r]) @ zvh[:r]
-    return vh[keep].T @ (z_r / s[keep, None])
+    return vh[keep].T @ (_truncate(z, rank) / s[keep, None])
 
 
 def _factor(m: Tensor, rank: int) -> tuple[Tensor, Tensor]:
@@ -57,6 +60,25 @@ def _factor(m: Tensor, rank: int) -> tuple[Tensor, Tensor]:
         p = torch.cat([p, p.new_zeros(p.shape[0], pad)], 1)
         q = torch.cat([q, q.new_zeros(pad, q.shape[1])], 0)
     return p, q
+
+
+def _low_rank_step(g: Tensor, targets: list[Tensor], w0: list[Tensor], rank: int) -> list[Tensor]:
+    r"""``N_t = argmin_{rank ≤ r} ‖(W̄_t − W0_t G) − N G‖_F`` for every target.
+
+    ``G = I + M`` is square; when it is invertible, ``N ↦ N G`` is a rank-preserving
+    bijection, so the minimiser is ``N_t = (W̄_t − W0_t G)_r G⁻¹`` — one truncated SVD
+    per target and one LU of ``G`` shared by all, instead of a reduced-rank regression
+    (two SVDs) each. A singular ``G`` takes the general minimum-norm route.
+    """
+    lu, pivots, info = torch.linalg.lu_factor_ex(g)
+    out = []
+    for tw, w in zip(targets, w0):
+        y = tw - w @ g
+        n = torch.linalg.lu_solve(lu, pivots, _truncate(y, rank), left=False) if info == 0 else None
+        if n is None or not torch.isfinite(n).all():
+            n = reduced_rank_regression(g.T, y.T, rank).T
+        out.append(n)
+    return out
 
 
 def _key(adapter: Adapter, target: str, name: str) -> str:
@@ -168,13 +190,16 @@ class ALSFit:
         for _ in range(max(1, self.iterations)):
             if low is not None:
                 g = eye + m
-                for i, t in enumerate(members):
-                    n_t = reduced_rank_regression(g.T, (tw[i] - w0[i] @ g).T, low.rank).T
-                    b, a = _factor(n_t / low.scale, low.rank)
-                    fitted[_key(adapter, t, "lora_b")], fitted[_key(adapter, t, "lora_a")] = b, a
-                    lows[i] = w0[i] + n_t
+                ns = _low_rank_step(g, tw, w0, low.rank)
+                lows = [w + n for w, n in zip(w0, ns)]
             stacked = torch.cat(lows)
             m = reduced_rank_regression(stacked, torch.cat([t - l for t, l in zip(tw, lows)]), transform.rank)
+            if low is None:
+                break  # nothing to alternate with: one regression is the optimum
+        if low is not None:
+            for t, n in zip(members, ns):
+                b, a = _factor(n / low.scale, low.rank)
+                fitted[_key(adapter, t, "lora_b")], fitted[_key(adapter, t, "lora_a")] = b, a
         up, down = _factor(m, transform.rank)
         t0 = members[0]
         fitted[_key(adapter, t0, "transform_up")] = up

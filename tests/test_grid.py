@@ -1,0 +1,83 @@
+"""moil.grid.run_grid: sweeps then seed runs, in this process or in worker processes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from moil.config import parse_config
+from moil.grid import run_grid
+
+pytestmark = pytest.mark.slow
+
+
+def small(**train) -> dict:
+    return {
+        "data": {"limit": 40},
+        "model": {"family": "tiny"},
+        "train": {"steps": 3, "seeds": [0, 1], "tasks": ["itm"], "threads": 1, **train},
+        "arms": [
+            {"name": "head", "recipe": "head", "lr": [1e-3, 3e-3]},
+            {"name": "moil", "recipe": "moil", "lr": 1e-3, "momentum": "half-life:2",
+             "students": [{"name": "s", "approx": "hybrid", "rank": 2, "refit": "als", "final_fit": True}]},
+        ],
+    }
+
+
+def scores(results: dict) -> list:
+    return [(r["task"], r["arm"], r["seed"], r["lr"], r["candidates"]) for r in results["runs"]]
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory):
+    return run_grid(parse_config(small()), tmp_path_factory.mktemp("seq"))
+
+
+def test_workers_reproduce_the_sequential_grid(sequential, tmp_path):
+    """Law: with the threads fixed, runs spread over worker processes give exactly the
+    numbers of the same grid run one after another, in the same order."""
+    parallel = run_grid(parse_config(small(workers=2)), tmp_path)
+    assert scores(parallel) == scores(sequential)
+    assert parallel["sweeps"] == sequential["sweeps"]
+    assert parallel["machine"]["workers"] == 2 and parallel["machine"]["threads"] == 1
+    assert "2 worker processes × 1 thread each" in (tmp_path / "report.md").read_text()
+
+
+def test_sweep_run_of_the_first_seed_is_reused(sequential):
+    """The arm with an lr sweep runs each lr once on seed 0 (scored on val); the chosen
+    one is that seed's run, and only seed 1 is trained again."""
+    (sweep,) = sequential["sweeps"]
+    assert [s["lr"] for s in sweep["scores"]] == [1e-3, 3e-3]
+    head = [r for r in sequential["runs"] if r["arm"] == "head"]
+    assert head[0]["folder"].startswith("sweep/") and head[1]["folder"].startswith("runs/")
+    assert {r["lr"] for r in head} == {sweep["chosen"]}
+
+
+def test_eval_splits_limits_seed_runs_not_sweeps(tmp_path):
+    """eval_splits = ["test"]: seed runs skip val (their report cells read "—"), but sweep
+    runs are still chosen on val."""
+    results = run_grid(parse_config(small(eval_splits=["test"])), tmp_path)
+    for run in results["runs"]:
+        for candidate in run["candidates"].values():
+            assert "test" in candidate
+            assert ("val" in candidate) == run["folder"].startswith("sweep/")
+    assert all(len(s["scores"]) == 2 for s in results["sweeps"])
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    header = [c.strip() for c in next(line for line in lines if line.startswith("| task |")).strip("|").split("|")]
+    for line in lines:
+        if line.startswith("| itm (") and "| moil |" in line:
+            assert dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))["val"] == "—"
+
+
+def test_a_failing_run_in_a_worker_stops_the_grid_with_its_error(tmp_path):
+    """A run whose loss turns non-finite raises its own FloatingPointError in the caller;
+    runs already finished keep their results on disk."""
+    config = small(workers=2, seeds=[0])
+    config["arms"] = [{"name": "ok", "recipe": "head", "lr": 1e-3},
+                      {"name": "diverges", "recipe": "full", "lr": 1e12}]
+    config["train"]["steps"] = 6
+    with pytest.raises(FloatingPointError, match="task loss is"):
+        run_grid(parse_config(config), tmp_path)
+    done = tmp_path / "runs" / "itm" / "ok" / "seed0" / "results.json"
+    assert json.loads(done.read_text())["arm"] == "ok"
