@@ -13,6 +13,7 @@ import json
 import multiprocessing
 import os
 import platform
+import signal
 import statistics
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -122,20 +123,27 @@ _RELATIVE_COST = {"moil": 3, "head": 1}
 _worker: dict[str, Any] = {}
 
 
-def _start_worker(config: Config, queue: Any) -> None:
+def _start_worker(config: Config, queue: Any, stop: Any) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per worker is noise
+    # Ctrl-C is the parent's to handle: it sets `stop`, which each run checks after
+    # every step — a signal landing inside the pool's own machinery could hang it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(_threads(config))
-    _worker.update(context=_Context(config), queue=queue)
+    _worker.update(context=_Context(config), queue=queue, stop=stop)
 
 
 def _work(index: int, job: Job, resume: bool) -> dict:
-    queue = _worker["queue"]
+    queue, stop = _worker["queue"], _worker["stop"]
+    if stop.is_set():
+        raise KeyboardInterrupt  # queued before the grid stopped: never starts
     queue.put((index, 0, None))
 
     def on_step(step: int, metrics: dict) -> None:
         queue.put((index, step, float(metrics.get("task_loss", float("nan")))))
+        if stop.is_set():
+            raise KeyboardInterrupt  # train() checkpoints this step, then re-raises
 
     return _worker["context"].run(job, resume, on_step)
 
@@ -143,7 +151,7 @@ def _work(index: int, job: Job, resume: bool) -> dict:
 def _in_processes(jobs: list[Job], context: _Context, reporter: Reporter, resume: bool) -> list[dict]:
     # spawn, not fork: a forked child would inherit torch's thread pools mid-state.
     mp = multiprocessing.get_context("spawn")
-    queue = mp.Queue()
+    queue, stop = mp.Queue(), mp.Event()
     bars: dict[int, Callable[[int, dict], None]] = {}
 
     def drain() -> None:
@@ -158,7 +166,8 @@ def _in_processes(jobs: list[Job], context: _Context, reporter: Reporter, resume
                 bars[index](step, {"task_loss": loss})
 
     workers = min(context.config.train.workers, len(jobs))
-    pool = ProcessPoolExecutor(workers, mp_context=mp, initializer=_start_worker, initargs=(context.config, queue))
+    pool = ProcessPoolExecutor(workers, mp_context=mp, initializer=_start_worker,
+                               initargs=(context.config, queue, stop))
     try:
         futures = [pool.submit(_work, i, job, resume) for i, job in enumerate(jobs)]
         pending = set(futures)
@@ -170,12 +179,12 @@ def _in_processes(jobs: list[Job], context: _Context, reporter: Reporter, resume
         drain()
         return [f.result() for f in futures]
     except BaseException:
-        # Runs not yet started never start; running ones stop (Ctrl-C reaches them too,
-        # and each checkpoints its last finished step).
-        pool.shutdown(wait=True, cancel_futures=True)
+        # Ctrl-C or a failed run: running runs stop after their current step (and
+        # checkpoint it), queued ones never start; `--resume` continues them all.
+        stop.set()
         raise
     finally:
-        pool.shutdown(wait=True)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_grid(config: Config, out: str | Path, *, reporter: Reporter = _quiet, resume: bool = False) -> dict:

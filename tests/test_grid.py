@@ -70,14 +70,21 @@ def test_eval_splits_limits_seed_runs_not_sweeps(tmp_path):
             assert dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))["val"] == "—"
 
 
-def test_a_failing_run_in_a_worker_stops_the_grid_with_its_error(tmp_path):
+def test_a_failing_run_in_a_worker_stops_the_grid_and_loses_nothing(tmp_path):
     """A run whose loss turns non-finite raises its own FloatingPointError in the caller;
-    runs already finished keep their results on disk."""
-    config = small(workers=2, seeds=[0])
+    the run beside it stops after its current step with a checkpoint (or, still queued,
+    never starts), and `resume` (without the failing arm) finishes it: every step once."""
+    config = small(workers=2, seeds=[0], steps=400)
     config["arms"] = [{"name": "ok", "recipe": "head", "lr": 1e-3},
                       {"name": "diverges", "recipe": "full", "lr": 1e12}]
-    config["train"]["steps"] = 6
     with pytest.raises(FloatingPointError, match="task loss is"):
         run_grid(parse_config(config), tmp_path)
-    done = tmp_path / "runs" / "itm" / "ok" / "seed0" / "results.json"
-    assert json.loads(done.read_text())["arm"] == "ok"
+    ok = tmp_path / "runs" / "itm" / "ok" / "seed0"
+    if (ok / "metrics.jsonl").exists():  # it had started (else it was stopped while queued)
+        assert (ok / "checkpoint.safetensors").exists() and not (ok / "results.json").exists()
+        assert 0 < len((ok / "metrics.jsonl").read_text().splitlines()) < 400
+    config["arms"] = config["arms"][:1]
+    results = run_grid(parse_config(config), tmp_path, resume=True)
+    steps = [json.loads(line)["step"] for line in (ok / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 401))
+    assert results["runs"][0]["arm"] == "ok"
