@@ -108,18 +108,23 @@ def train(
 
     cfg = _load(config)
     spec = _arm(cfg, arm)
-    if isinstance(spec.lr, list):
-        _fail(f"arm {spec.name!r} lists several learning rates {spec.lr}; `moil train` runs one — use `moil ablate` to sweep.")
     task = task or cfg.train.tasks[0]
+    if isinstance(spec.lr, dict) and task not in spec.lr:
+        _fail(f"arm {spec.name!r} has no lr for task {task!r}; add it to the arm's lr table.")
+    lrs = spec.learning_rates(task)
+    if len(lrs) > 1:
+        _fail(f"arm {spec.name!r} lists several learning rates {lrs} for {task}; `moil train` runs one — "
+              "use `moil ablate` to sweep.")
+    lr = lrs[0]
     seed = cfg.train.seeds[0] if seed is None else seed
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(dump_config(cfg))
-    (out / "run.json").write_text(json.dumps({"arm": spec.name, "task": task, "seed": seed, "lr": spec.lr}))
+    (out / "run.json").write_text(json.dumps({"arm": spec.name, "task": task, "seed": seed, "lr": lr}))
     data = load_data(cfg)
     backbone = build_backbone(cfg, task, data)
     try:
         with progress_reporter() as reporter:
-            result = run_one(cfg, spec, task, seed, spec.lr, backbone, data, out, resume=resume, keep_checkpoint=True,
+            result = run_one(cfg, spec, task, seed, lr, backbone, data, out, resume=resume, keep_checkpoint=True,
                              splits=tuple(cfg.train.eval_splits), on_step=reporter(f"{task} · {spec.name} · seed {seed}", cfg.train.steps))
     except KeyboardInterrupt:
         console.print(f"\n[yellow]interrupted[/yellow]: checkpoint saved in {out}; continue with --resume")

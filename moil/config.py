@@ -48,6 +48,20 @@ def _not_negative(instance, attribute, value) -> None:
         raise ValueError(f"{attribute.name} must be >= 0, got {attribute.name}={value!r}")
 
 
+TASKS = ("itm", "vqa")
+
+
+def _learning_rate(instance, attribute, value) -> None:
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(TASKS))
+        if unknown or not value:
+            raise ValueError(f"lr table keys must be tasks {list(TASKS)}, got {sorted(value)}")
+        for lr in value.values():
+            _positive(instance, attribute, lr)
+    else:
+        _positive(instance, attribute, value)
+
+
 def _splits(instance, attribute, value) -> None:
     if not value or len(set(value)) != len(value):
         raise ValueError(f"{attribute.name} must list 'val' and/or 'test' once each, got {value!r}")
@@ -76,18 +90,24 @@ class ArmSpec:
     """One arm of a comparison: a recipe and its hyper-parameters.
 
     ``lr`` may be a list: the arm then sweeps it on the validation split (never
-    the test split) and uses the best value for every seed.
+    the test split) and uses the best value for every seed. A table gives each
+    task its own (``lr = {itm = 3e-4, vqa = [1e-3, 3e-3]}``).
     """
 
     name: str = "moil"
     recipe: RecipeName = "moil"
-    lr: float | list[float] = attrs.field(default=2e-4, validator=_positive)
+    lr: float | list[float] | dict[str, float | list[float]] = attrs.field(default=2e-4, validator=_learning_rate)
     head_lr_scale: float = attrs.field(default=1.0, validator=_positive)
     weight_decay: float = 0.01
     warmup: float = 0.1
     momentum: str | float = "half-life:20"
     # LoRA / PEFT arms: the approximation and rank (set the rank for equal stored size).
     approx: ApproxName = "lowrank"
+
+    def learning_rates(self, task: str) -> list[float]:
+        """The learning rates this arm tries on ``task`` (one value: no sweep)."""
+        lr = self.lr[task] if isinstance(self.lr, dict) else self.lr
+        return list(lr) if isinstance(lr, list) else [lr]
     rank: int = attrs.field(default=8, validator=_positive)
     scale: float = 1.0
     students: list[StudentSpec] = attrs.field(factory=lambda: [StudentSpec()])
@@ -142,6 +162,9 @@ class Config:
         names = [a.name for a in self.arms]
         if len(set(names)) != len(names):
             raise ValueError(f"arm names must be unique, got {names}")
+        for arm in self.arms:
+            if isinstance(arm.lr, dict) and (missing := [t for t in self.train.tasks if t not in arm.lr]):
+                raise ValueError(f"arm {arm.name!r} must give an lr for task(s) {missing} in its lr table")
         if not self.train.seeds:
             raise ValueError("train.seeds is empty; give at least one seed, e.g. seeds = [0]")
 
@@ -164,6 +187,10 @@ def _text_or_number(value: Any, _type: Any) -> str | float:
 
 
 _converter.register_structure_hook(float | list[float], _number_or_list)
+_converter.register_structure_hook(
+    float | list[float] | dict[str, float | list[float]],
+    lambda v, t: {str(k): _number_or_list(x, t) for k, x in v.items()} if isinstance(v, dict) else _number_or_list(v, t),
+)
 _converter.register_structure_hook(str | float, _text_or_number)
 _converter.register_structure_hook(
     str | float | None, lambda v, t: None if v is None else _text_or_number(v, t)

@@ -104,7 +104,9 @@ def _run_jobs(jobs: list[Job], context: _Context, reporter: Reporter, resume: bo
     trained here or, with ``train.workers > 1``, in that many processes at once."""
     results = [_finished(job, resume) for job in jobs]
     todo = [i for i, r in enumerate(results) if r is None]
-    if context.config.train.workers == 1 or len(todo) <= 1:
+    if not todo:
+        return results
+    if context.config.train.workers == 1:
         for i in todo:
             results[i] = context.run(jobs[i], resume, reporter(jobs[i].label, jobs[i].steps))
         return results
@@ -204,18 +206,17 @@ def run_grid(config: Config, out: str | Path, *, reporter: Reporter = _quiet, re
     # features once, before the workers read them.
     context = _Context(config, load_data(config))
     full = config.train.steps
-    lrs = {arm.name: arm.lr if isinstance(arm.lr, list) else [arm.lr] for arm in config.arms}
 
     sweep_jobs = []
     for task in config.train.tasks:
         for arm in config.arms:
-            if len(lrs[arm.name]) == 1:
+            if len(arm.learning_rates(task)) == 1:
                 continue
             steps = config.train.sweep_steps or full
             # A full-length sweep run of the first seed *is* that seed's run at the
             # chosen lr: it is also scored on test (never used for the choice) and reused.
             extra = tuple(s for s in config.train.eval_splits if s != "val") if steps == full else ()
-            for lr in lrs[arm.name]:
+            for lr in arm.learning_rates(task):
                 sweep_jobs.append(Job(
                     task, arm.name, config.train.seeds[0], lr, out / "sweep" / task / arm.name / f"lr{lr:g}",
                     steps, ("val", *extra), f"{task} · {arm.name} · sweep lr={lr:g}",
@@ -227,7 +228,7 @@ def run_grid(config: Config, out: str | Path, *, reporter: Reporter = _quiet, re
         for arm in config.arms:
             tried = [(j, r) for j, r in zip(sweep_jobs, sweep_results) if (j.task, j.arm) == (task, arm.name)]
             if not tried:
-                chosen[task, arm.name] = lrs[arm.name][0]
+                chosen[task, arm.name] = arm.learning_rates(task)[0]
                 continue
             scores = [{"lr": j.lr, "val": r["candidates"][r["primary"]]["val"][PRIMARY_METRIC[task]]} for j, r in tried]
             lr = max(scores, key=lambda s: s["val"])["lr"]

@@ -53,8 +53,20 @@ def test_momentum_specs():
         build_approx("dora", 4)
 
 
+def test_per_task_learning_rates():
+    """An lr table gives each task its own value or sweep; it must cover every task."""
+    config = loads_config('[train]\ntasks = ["itm", "vqa"]\n[[arms]]\nlr = {itm = 3e-4, vqa = [1e-3, 3e-3]}\n')
+    arm = config.arms[0]
+    assert arm.learning_rates("itm") == [3e-4] and arm.learning_rates("vqa") == [1e-3, 3e-3]
+    assert loads_config(dump_config(config)) == config
+    with pytest.raises(ConfigError, match=r"must give an lr for task\(s\) \[.vqa.\]"):
+        loads_config('[train]\ntasks = ["itm", "vqa"]\n[[arms]]\nlr = {itm = 3e-4}\n')
+    with pytest.raises(ConfigError, match="lr table keys must be tasks"):
+        loads_config('[[arms]]\nlr = {nlvr = 3e-4}\n')
+
+
 @pytest.mark.parametrize("name", ["demo", "demo-quick"])
 def test_builtin_configs_parse(name):
     """The shipped demo configs are valid and every lr is a single value (sweeps were done)."""
     config = builtin_config(name)
-    assert config.arms and all(not isinstance(a.lr, list) for a in config.arms)
+    assert config.arms and all(len(a.learning_rates(t)) == 1 for a in config.arms for t in config.train.tasks)

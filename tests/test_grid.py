@@ -88,3 +88,14 @@ def test_a_failing_run_in_a_worker_stops_the_grid_and_loses_nothing(tmp_path):
     steps = [json.loads(line)["step"] for line in (ok / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 401))
     assert results["runs"][0]["arm"] == "ok"
+
+
+def test_per_task_lr_table_sweeps_only_where_it_lists_several(tmp_path):
+    """lr = {itm = a, vqa = [b, c]}: ITM trains at a with no sweep, VQA sweeps b and c."""
+    config = small(tasks=["itm", "vqa"], seeds=[0])
+    config["arms"] = [{"name": "head", "recipe": "head", "lr": {"itm": 1e-3, "vqa": [1e-3, 3e-3]}}]
+    results = run_grid(parse_config(config), tmp_path)
+    assert [(s["task"], [x["lr"] for x in s["scores"]]) for s in results["sweeps"]] == [("vqa", [1e-3, 3e-3])]
+    itm, vqa = results["runs"]
+    assert (itm["task"], itm["lr"]) == ("itm", 1e-3) and itm["folder"].startswith("runs/")
+    assert vqa["task"] == "vqa" and vqa["lr"] == results["sweeps"][0]["chosen"]
