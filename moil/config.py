@@ -56,10 +56,18 @@ def _learning_rate(instance, attribute, value) -> None:
         unknown = sorted(set(value) - set(TASKS))
         if unknown or not value:
             raise ValueError(f"lr table keys must be tasks {list(TASKS)}, got {sorted(value)}")
-        for lr in value.values():
-            _positive(instance, attribute, lr)
+        values = list(value.values())
     else:
-        _positive(instance, attribute, value)
+        values = [value]
+    for lr in values:
+        if isinstance(lr, list) and (not lr or len(set(lr)) != len(lr)):
+            raise ValueError(f"lr lists must be non-empty without repeats, got lr={lr!r}")
+        _positive(instance, attribute, lr)
+
+
+def _distinct(instance, attribute, value) -> None:
+    if not value or len(set(value)) != len(value):
+        raise ValueError(f"{attribute.name} must be non-empty without repeats, got {attribute.name}={value!r}")
 
 
 def _splits(instance, attribute, value) -> None:
@@ -103,14 +111,14 @@ class ArmSpec:
     momentum: str | float = "half-life:20"
     # LoRA / PEFT arms: the approximation and rank (set the rank for equal stored size).
     approx: ApproxName = "lowrank"
+    rank: int = attrs.field(default=8, validator=_positive)
+    scale: float = 1.0
+    students: list[StudentSpec] = attrs.field(factory=lambda: [StudentSpec()])
 
     def learning_rates(self, task: str) -> list[float]:
         """The learning rates this arm tries on ``task`` (one value: no sweep)."""
         lr = self.lr[task] if isinstance(self.lr, dict) else self.lr
         return list(lr) if isinstance(lr, list) else [lr]
-    rank: int = attrs.field(default=8, validator=_positive)
-    scale: float = 1.0
-    students: list[StudentSpec] = attrs.field(factory=lambda: [StudentSpec()])
 
 
 @attrs.frozen
@@ -136,8 +144,8 @@ class TrainSpec:
     steps: int = attrs.field(default=200, validator=_positive)
     #: Steps of each learning-rate sweep run (``None`` = ``steps``).
     sweep_steps: int | None = attrs.field(default=None, validator=_positive)
-    seeds: list[int] = attrs.field(factory=lambda: [0, 1, 2])
-    tasks: list[Literal["itm", "vqa"]] = attrs.field(factory=lambda: ["itm", "vqa"])
+    seeds: list[int] = attrs.field(factory=lambda: [0, 1, 2], validator=_distinct)
+    tasks: list[Literal["itm", "vqa"]] = attrs.field(factory=lambda: ["itm", "vqa"], validator=_distinct)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     #: ``auto`` = CUDA when available, else CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -147,6 +155,9 @@ class TrainSpec:
     threads: int = attrs.field(default=0, validator=_not_negative)
     #: Runs trained at once, each in its own process (1 = in this process).
     workers: int = attrs.field(default=1, validator=_positive)
+    #: Also checkpoint every this many steps (0 = only when a run ends or is stopped):
+    #: bounds what a killed worker loses in long runs.
+    checkpoint_every: int = attrs.field(default=0, validator=_not_negative)
     #: Splits every (non-sweep) run is scored on; sweeps always use ``val``.
     eval_splits: list[Literal["val", "test"]] = attrs.field(factory=lambda: ["val", "test"], validator=_splits)
 
@@ -186,6 +197,20 @@ def _text_or_number(value: Any, _type: Any) -> str | float:
     return value if isinstance(value, str) else _number(value)
 
 
+def _integer(value: Any, _type: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _boolean(value: Any, _type: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+_converter.register_structure_hook(int, _integer)
+_converter.register_structure_hook(bool, _boolean)  # else bool, an int subclass, takes the int hook
 _converter.register_structure_hook(float | list[float], _number_or_list)
 _converter.register_structure_hook(
     float | list[float] | dict[str, float | list[float]],

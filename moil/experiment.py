@@ -10,11 +10,13 @@ own folder (``metrics.jsonl``, ``results.json``, compact students).
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import attrs
 import psutil
 import torch
 
@@ -29,7 +31,7 @@ from moil.solvers import ALSFit, Gradient, SVDFit
 from moil.train import CHECKPOINT, evaluate, train
 
 __all__ = [
-    "PRIMARY_METRIC", "build_backbone", "build_recipe", "load_data", "primary_candidate",
+    "PRIMARY_METRIC", "Job", "Runner", "build_backbone", "build_recipe", "load_data", "primary_candidate",
     "run_one", "stored_parameters", "train_stream",
 ]
 
@@ -159,6 +161,48 @@ def eval_batches(
     return [_to(b, device) for b in make(batch_size=batch_size, generator=EVAL_SEED, shuffle=False)]
 
 
+class MetricsLog:
+    """``metrics.jsonl``: one JSON line per step, flushed as it goes.
+
+    Resumed, it keeps the lines of steps before the first one trained again: steps
+    logged after the last checkpoint (a run killed between checkpoints) are replayed,
+    not doubled. The rewrite is atomic, so a kill during it loses nothing.
+    """
+
+    def __init__(self, path: Path, resume: bool) -> None:
+        self.path, self._check = path, resume and path.exists()
+        self._file = path.open("a" if self._check else "w")
+
+    def write(self, step: int, metrics: dict) -> None:
+        if self._check:
+            self._check = False
+            self._drop_from(step)
+        self._file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self._file.flush()
+
+    def _drop_from(self, step: int) -> None:
+        def before(line: str) -> bool:
+            try:
+                return json.loads(line)["step"] < step
+            except (ValueError, KeyError, TypeError):
+                return False  # a line cut short by a kill
+
+        lines = self.path.read_text().splitlines()
+        keep = [line for line in lines if before(line)]
+        if len(keep) != len(lines):
+            self._file.close()
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            os.replace(tmp, self.path)
+            self._file = self.path.open("a")
+
+    def __enter__(self) -> "MetricsLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
+
+
 class PeakMemory:
     """Peak resident memory of this process during a ``with`` block, minus its start (MiB).
 
@@ -241,11 +285,9 @@ def run_one(
     steps = steps or config.train.steps
     run_dir.mkdir(parents=True, exist_ok=True)
     recipe = build_recipe(arm, task, lr, steps)
-    metrics_path = run_dir / "metrics.jsonl"
-    mode = "a" if resume and metrics_path.exists() else "w"
-    with metrics_path.open(mode) as log, PeakMemory() as memory:
+    with MetricsLog(run_dir / "metrics.jsonl", resume) as log, PeakMemory() as memory:
         def record(step: int, metrics: dict) -> None:
-            log.write(json.dumps({"step": step, **metrics}) + "\n")
+            log.write(step, metrics)
             if on_step is not None:
                 on_step(step, metrics)
 
@@ -253,7 +295,7 @@ def run_one(
         state = train(
             recipe, backbone, train_stream(data, task, config.data.batch_size, seed, device_of(config)),
             steps=steps, seed=seed, run_dir=run_dir, resume=resume, on_step=record,
-            precision=config.train.precision,
+            checkpoint_every=config.train.checkpoint_every or None, precision=config.train.precision,
         )
         seconds = time.perf_counter() - started
     candidates = recipe.candidates(state, backbone)
@@ -282,3 +324,36 @@ def run_one(
     }
     (run_dir / "results.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+@attrs.frozen
+class Job:
+    """One run of a grid: an arm × task × seed at one learning rate, and where it goes."""
+
+    task: str
+    arm: str
+    seed: int
+    lr: float
+    folder: Path
+    steps: int
+    splits: tuple[str, ...]
+    label: str
+
+
+class Runner:
+    """Runs the jobs of one config: the data loaded once, one backbone per task
+    built on first use."""
+
+    def __init__(self, config: Config, data: DemoData | None = None) -> None:
+        self.config, self.data, self.backbones = config, data, {}
+        self.arms = {a.name: a for a in config.arms}
+
+    def __call__(self, job: Job, resume: bool, on_step: Callable[[int, dict], None] | None = None) -> dict:
+        if self.data is None:
+            self.data = load_data(self.config)
+        if job.task not in self.backbones:
+            self.backbones[job.task] = build_backbone(self.config, job.task, self.data)
+        return run_one(
+            self.config, self.arms[job.arm], job.task, job.seed, job.lr, self.backbones[job.task], self.data,
+            job.folder, steps=job.steps, splits=job.splits, resume=resume, on_step=on_step,
+        )

@@ -37,6 +37,25 @@ def test_errors_name_the_path_and_the_fix(tmp_path):
         parse_config({"arms": [{"name": "a"}, {"name": "a"}]})
 
 
+@pytest.mark.parametrize("text, fragment", [
+    ("[train]\nworkers = 2.5", "expected int @ $.train.workers"),
+    ("[train]\nthreads = true", "expected int @ $.train.threads"),
+    ("[[arms]]\n[[arms.students]]\nfinal_fit = 1", "expected bool @ $.arms[0].students[0].final_fit"),
+    ("[train]\nseeds = [0, 0]", "seeds must be non-empty without repeats"),
+    ("[train]\ntasks = []", "tasks must be non-empty without repeats"),
+    ("[[arms]]\nlr = []", "lr lists must be non-empty without repeats"),
+    ("[[arms]]\nlr = {itm = [1e-3, 1e-3]}", "lr lists must be non-empty without repeats"),
+    ("[train]\neval_splits = []", "eval_splits must list"),
+    ("[train]\ncheckpoint_every = -1", "checkpoint_every must be >= 0"),
+])
+def test_wrong_types_and_repeats_are_refused(text, fragment):
+    """Numbers are not silently truncated (2.5 workers), booleans are not ints, and lists
+    that name runs (seeds, tasks, swept lrs) have no repeats: two runs would share a folder."""
+    with pytest.raises(ConfigError) as err:
+        loads_config(text)
+    assert fragment in str(err.value)
+
+
 def test_momentum_specs():
     """Each short spec builds the schedule it names; nonsense is refused with the forms allowed."""
     assert parse_momentum(0.9, 10) == Constant(0.9)

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from moil.config import parse_config
+from moil.experiment import MetricsLog
 from moil.grid import run_grid
 
 pytestmark = pytest.mark.slow
@@ -99,3 +100,33 @@ def test_per_task_lr_table_sweeps_only_where_it_lists_several(tmp_path):
     itm, vqa = results["runs"]
     assert (itm["task"], itm["lr"]) == ("itm", 1e-3) and itm["folder"].startswith("runs/")
     assert vqa["task"] == "vqa" and vqa["lr"] == results["sweeps"][0]["chosen"]
+
+
+def test_metrics_log_replays_steps_after_the_checkpoint_once(tmp_path):
+    """Resumed at step 4 (checkpoint at 3) after a kill that had logged 1..5 and half of 6:
+    the log ends with each step exactly once, in order."""
+    path = tmp_path / "metrics.jsonl"
+    with MetricsLog(path, resume=False) as log:
+        for step in range(1, 6):
+            log.write(step, {"task_loss": float(step)})
+    with path.open("a") as f:
+        f.write('{"step": 6, "task_lo')  # cut short by the kill
+    with MetricsLog(path, resume=True) as log:
+        for step in range(4, 8):
+            log.write(step, {"task_loss": -float(step)})
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 8))
+    assert [r["task_loss"] for r in rows] == [1.0, 2.0, 3.0, -4.0, -5.0, -6.0, -7.0]
+
+
+def test_resume_retrains_a_finished_run_that_does_not_match(tmp_path):
+    """A finished run is reused on resume only if it has the steps and splits asked for:
+    after eval_splits grows from [test] to [val, test], the runs are scored again."""
+    config = small(seeds=[0], eval_splits=["test"])
+    config["arms"] = [{"name": "head", "recipe": "head", "lr": 1e-3}]
+    run_grid(parse_config(config), tmp_path)
+    config["train"]["eval_splits"] = ["val", "test"]
+    (run,) = run_grid(parse_config(config), tmp_path, resume=True)["runs"]
+    assert all("val" in c for c in run["candidates"].values())
+    steps = [json.loads(line)["step"] for line in (tmp_path / run["folder"] / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]

@@ -78,6 +78,23 @@ def test_low_rank_step_fast_route_equals_the_regression(d, out, members, rank, s
         )
 
 
+@SETTINGS
+@given(seed=seeds, d=st.integers(8, 64))
+def test_low_rank_step_nearly_singular_g_is_as_good_as_the_regression(seed, d):
+    """G = I − uuᵀ (u a random unit vector) is singular but rounds to an invertible LU:
+    the step must notice and still reach the reduced-rank regression's error, finitely."""
+    g = torch.Generator().manual_seed(seed)
+    u = _randn(g, d, 1)
+    u = u / torch.linalg.vector_norm(u)
+    big = torch.eye(d, dtype=torch.float64) - u @ u.T
+    tw, w0 = _randn(g, 5, d), _randn(g, 5, d)
+    (n,) = _low_rank_step(big, [tw], [w0], 2)
+    y = tw - w0 @ big
+    reference = reduced_rank_regression(big.T, y.T, 2).T
+    assert torch.isfinite(n).all() and torch.linalg.matrix_norm(n) < 1e6
+    assert torch.linalg.matrix_norm(y - n @ big) <= torch.linalg.matrix_norm(y - reference @ big) * (1 + 1e-6)
+
+
 def test_low_rank_step_singular_g_takes_the_general_route():
     """A singular G = I + M (M = −e₁e₁ᵀ) has no inverse: the step falls back to the
     minimum-norm regression and stays finite."""

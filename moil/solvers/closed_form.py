@@ -65,19 +65,25 @@ def _factor(m: Tensor, rank: int) -> tuple[Tensor, Tensor]:
 def _low_rank_step(g: Tensor, targets: list[Tensor], w0: list[Tensor], rank: int) -> list[Tensor]:
     r"""``N_t = argmin_{rank ≤ r} ‖(W̄_t − W0_t G) − N G‖_F`` for every target.
 
-    ``G = I + M`` is square; when it is invertible, ``N ↦ N G`` is a rank-preserving
-    bijection, so the minimiser is ``N_t = (W̄_t − W0_t G)_r G⁻¹`` — one truncated SVD
-    per target and one LU of ``G`` shared by all, instead of a reduced-rank regression
-    (two SVDs) each. A singular ``G`` takes the general minimum-norm route.
+    ``G = I + M`` is square, ``(in, in)``; ``W̄_t``, ``W0_t``, ``N_t`` are ``(out_t, in)``.
+    When ``G`` is invertible, ``N ↦ N G`` is a rank-preserving bijection, so the
+    minimiser is ``N_t = (W̄_t − W0_t G)_r G⁻¹`` — one truncated SVD per target and one
+    LU of ``G`` shared by all, instead of a reduced-rank regression (two SVDs) each.
+    If the solve does not reproduce ``(·)_r`` to 1e-6 (``G`` singular or nearly so,
+    condition ≳ 1e9) that target takes the general minimum-norm route.
     """
     lu, pivots, info = torch.linalg.lu_factor_ex(g)
     out = []
     for tw, w in zip(targets, w0):
         y = tw - w @ g
-        n = torch.linalg.lu_solve(lu, pivots, _truncate(y, rank), left=False) if info == 0 else None
-        if n is None or not torch.isfinite(n).all():
-            n = reduced_rank_regression(g.T, y.T, rank).T
-        out.append(n)
+        n = None
+        if info == 0:
+            y_r = _truncate(y, rank)
+            n = torch.linalg.lu_solve(lu, pivots, y_r, left=False)
+            error = torch.linalg.matrix_norm(n @ g - y_r)
+            if not error <= 1e-6 * torch.linalg.matrix_norm(y_r) + torch.finfo(y.dtype).tiny:
+                n = None
+        out.append(reduced_rank_regression(g.T, y.T, rank).T if n is None else n)
     return out
 
 

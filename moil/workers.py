@@ -1,0 +1,106 @@
+"""Grid runs in worker processes: ``in_processes(jobs, config, reporter, resume)``.
+
+Each worker (spawned, not forked: a forked child would inherit torch's thread
+pools mid-state) builds its own :class:`~moil.experiment.Runner` and takes jobs
+from the pool; progress goes back to the parent's bars through a queue. Ctrl-C
+and failed runs are the parent's to handle: it sets a stop event that every run
+checks after each step (then checkpoints and stops), and queued runs never start.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from queue import Empty
+from typing import Any, Callable
+
+import torch
+
+from moil.config import Config
+from moil.experiment import Job, Runner
+
+__all__ = ["in_processes", "worker_threads"]
+
+#: ``start(label, total_steps) -> on_step(step, metrics)``; the CLI draws progress bars.
+Reporter = Callable[[str, int], Callable[[int, dict], None]]
+
+
+def worker_threads(config: Config) -> int:
+    """Intra-op threads of each worker: as configured, else cores ÷ workers."""
+    return config.train.threads or max(1, (os.cpu_count() or 1) // config.train.workers)
+
+
+_worker: dict[str, Any] = {}
+
+
+def _start(config: Config, queue: Any, stop: Any) -> None:
+    from transformers.utils import logging as hf_logging
+
+    # A signal landing inside the pool's own machinery can hang it: Ctrl-C reaches
+    # runs through `stop` instead.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per worker is noise
+    torch.set_num_threads(worker_threads(config))
+    _worker.update(runner=Runner(config), queue=queue, stop=stop)
+
+
+def _work(index: int, job: Job, resume: bool) -> dict:
+    queue, stop = _worker["queue"], _worker["stop"]
+    if stop.is_set():
+        raise KeyboardInterrupt  # queued before the grid stopped: never starts
+    queue.put((index, 0, None))
+
+    def on_step(step: int, metrics: dict) -> None:
+        queue.put((index, step, float(metrics.get("task_loss", float("nan")))))
+        if stop.is_set():
+            raise KeyboardInterrupt  # train() checkpoints this step, then re-raises
+
+    return _worker["runner"](job, resume, on_step)
+
+
+def in_processes(jobs: list[Job], config: Config, reporter: Reporter, resume: bool) -> list[dict]:
+    """Results of ``jobs`` (in order), run ``config.train.workers`` at a time."""
+    mp = multiprocessing.get_context("spawn")
+    queue, stop = mp.Queue(), mp.Event()
+    bars: dict[int, Callable[[int, dict], None]] = {}
+
+    def drain() -> None:
+        while True:
+            try:
+                index, step, loss = queue.get_nowait()
+            except (Empty, OSError, EOFError):
+                return
+            if index not in bars:
+                bars[index] = reporter(jobs[index].label, jobs[index].steps)
+            if loss is not None:
+                bars[index](step, {"task_loss": loss})
+
+    pool = ProcessPoolExecutor(min(config.train.workers, len(jobs)), mp_context=mp, initializer=_start,
+                               initargs=(config, queue, stop))
+    try:
+        futures = [pool.submit(_work, i, job, resume) for i, job in enumerate(jobs)]
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+            drain()
+            for future in done:
+                future.result()  # a failed run stops the grid now, with its own error
+        return [f.result() for f in futures]
+    except BrokenProcessPool as err:
+        raise RuntimeError(
+            "a worker process died without a Python error (killed for memory, or a crash); runs "
+            "beside it were stopped. Continue with --resume (runs restart from their last "
+            "checkpoint: set train.checkpoint_every for long runs), with fewer train.workers if "
+            "memory is short."
+        ) from err
+    except BaseException:
+        # Ctrl-C or a failed run: running runs stop after their current step (and
+        # checkpoint it), queued ones never start; `--resume` continues them all.
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        drain()  # the last steps' messages (sent by the workers' feeder threads)
