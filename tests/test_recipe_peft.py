@@ -13,6 +13,7 @@ from moil.objectives import ImageTextMatching
 from moil.optim import AdamW
 from moil.recipes.peft_baseline import PEFT_PREFIX, PeftLowRank
 from moil.train import train
+from vilt_batches import make_batches
 
 pytest.importorskip("peft")
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated")
@@ -30,19 +31,6 @@ def backbone():
 
 def recipe(variant: str) -> PeftLowRank:
     return PeftLowRank(TASK, RANK, variant=variant, alpha=ALPHA, optimizer=OPT)
-
-
-def make_batches(n: int, seed: int = 0, size: int = 4):
-    g = torch.Generator().manual_seed(seed)
-    return [
-        {
-            "input_ids": torch.randint(0, 99, (size, 7), generator=g),
-            "attention_mask": torch.ones(size, 7, dtype=torch.long),
-            "pixel_values": torch.randn(size, 3, 32, 32, generator=g),
-            "itm_labels": torch.randint(0, 2, (size,), generator=g),
-        }
-        for _ in range(n)
-    ]
 
 
 def logits(fn, batch):

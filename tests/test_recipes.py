@@ -15,6 +15,7 @@ from moil.optim import AdamW
 from moil.recipes import FullFineTune, ImitateFixed, LoRA, MoIL, Student
 from moil.solvers import ALSFit, Gradient, SVDFit
 from moil.train import train
+from vilt_batches import make_batches
 
 TASK = ImageTextMatching()
 OPT = AdamW(lr=1e-2)
@@ -23,19 +24,6 @@ OPT = AdamW(lr=1e-2)
 @pytest.fixture(scope="module")
 def backbone():
     return vilt.build(vilt.tiny("itm", seed=0))
-
-
-def make_batches(n: int, seed: int = 0, size: int = 4):
-    g = torch.Generator().manual_seed(seed)
-    return [
-        {
-            "input_ids": torch.randint(0, 99, (size, 7), generator=g),
-            "attention_mask": torch.ones(size, 7, dtype=torch.long),
-            "pixel_values": torch.randn(size, 3, 32, 32, generator=g),
-            "itm_labels": torch.randint(0, 2, (size,), generator=g),
-        }
-        for _ in range(n)
-    ]
 
 
 def assert_trees_equal(a, b, exact=True):
