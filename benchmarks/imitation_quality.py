@@ -33,7 +33,7 @@ import common
 from moil.approx import Hybrid, LowRank
 from moil.momentum import HalfLife
 from moil.objectives import best_low_rank
-from moil.optim import WarmupLinearDecay
+from moil.schedules import WarmupLinearDecay
 from moil.recipes import MoIL, Student, default_optimizer
 from moil.solvers import ALSFit, Gradient, SVDFit
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     # A student's learning-rate schedule advances once per *optimiser* step, i.e. k times
     # per task step under Gradient(k): its own schedule must span steps·k updates. The
     # "shared-sched" rows keep the recipe's schedule (spanning `steps`) to show the pitfall.
-    own = WarmupLinearDecay(student_lr, steps * k, 0.1)
+    own = WarmupLinearDecay(student_lr, total_steps=steps * k, warmup=0.1)
     pool = {
         "hybrid/grad1": Student(Hybrid(r)),
         f"hybrid/grad{k}": Student(Hybrid(r), solver=Gradient(k), lr=own),

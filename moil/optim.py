@@ -1,4 +1,4 @@
-"""A pure AdamW and learning-rate schedules, kept outside every loss.
+"""A pure AdamW, kept outside every loss (learning-rate schedules: :mod:`moil.schedules`).
 
 ``AdamW.init(params) -> AdamState``; ``AdamW.update(grads, state, params) ->
 (new_params, new_state)``. Parameters, gradients and moments are plain
@@ -10,76 +10,39 @@ state intact.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import attrs
 import torch
 from torch import Tensor
 
-__all__ = ["AdamState", "AdamW", "WarmupLinearDecay", "Constant", "Scaled"]
+from moil.schedules import Schedule, bounds_of
 
-LRSchedule = Callable[[int], float]
+__all__ = ["AdamState", "AdamW"]
+
+
+def _learning_rate(instance, attribute, value) -> None:
+    if callable(value):
+        bounds = bounds_of(value)
+        if bounds is not None and bounds[0] < 0:
+            raise ValueError(f"AdamW: the lr schedule {value!r} goes below 0; learning rates are >= 0.")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"AdamW: lr must be a number or a schedule step -> lr, got lr={value!r}; e.g. lr=1e-3 "
+            "or lr=moil.schedules.WarmupLinearDecay(1e-3)."
+        )
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"AdamW: lr must be a finite number >= 0, got lr={value!r}.")
 
 
 def _non_negative(instance, attribute, value) -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(
             f"{type(instance).__name__}: {attribute.name} must be a finite number >= 0, got "
             f"{attribute.name}={value!r}."
         )
-
-
-@attrs.frozen
-class Constant:
-    """``lr(t) = value``."""
-
-    value: float = attrs.field(validator=_non_negative)
-
-    def __call__(self, step: int) -> float:
-        return float(self.value)
-
-
-@attrs.frozen
-class WarmupLinearDecay:
-    r"""Linear warm-up to ``peak`` over ``warmup`` of ``total_steps``, then linear decay to 0.
-
-    ``lr(t) = peak·(t+1)/w`` for ``t < w``; ``peak·(T − t)/(T − w)`` after, floored at 0;
-    ``w = round(warmup·T)`` when ``warmup < 1`` (a fraction), else ``warmup`` steps.
-    MoIL's reference: ``peak = 1e-4``, 10 % warm-up.
-    """
-
-    peak: float = attrs.field(validator=_non_negative)
-    total_steps: int = attrs.field()
-    warmup: float = attrs.field(default=0.1, validator=_non_negative)
-
-    @total_steps.validator
-    def _check_total(self, attribute, value) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"WarmupLinearDecay: total_steps must be >= 1, got total_steps={value!r}.")
-
-    @property
-    def warmup_steps(self) -> int:
-        w = round(self.warmup * self.total_steps) if self.warmup < 1 else int(self.warmup)
-        return min(w, self.total_steps)
-
-    def __call__(self, step: int) -> float:
-        w, total = self.warmup_steps, self.total_steps
-        if step < w:
-            return self.peak * (step + 1) / w
-        if total == w:
-            return self.peak
-        return self.peak * max(0.0, (total - step) / (total - w))
-
-
-@attrs.frozen
-class Scaled:
-    """``lr(t) = factor · schedule(t)`` — e.g. a head learning-rate multiplier."""
-
-    schedule: LRSchedule
-    factor: float = attrs.field(validator=_non_negative)
-
-    def __call__(self, step: int) -> float:
-        return self.factor * self.schedule(step)
 
 
 class AdamState(NamedTuple):
@@ -105,18 +68,22 @@ class AdamW:
       weight_decay: decoupled ``λ``; reference 0.01.
     """
 
-    lr: float | LRSchedule = 1e-4
+    lr: float | Schedule = attrs.field(default=1e-4, validator=_learning_rate)
     betas: tuple[float, float] = attrs.field(default=(0.9, 0.98), converter=tuple)
     eps: float = attrs.field(default=1e-8, validator=_non_negative)
     weight_decay: float = attrs.field(default=0.01, validator=_non_negative)
 
     @betas.validator
     def _check_betas(self, attribute, value) -> None:
-        if len(value) != 2 or not all(0.0 <= b < 1.0 for b in value):
+        if len(value) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in value):
             raise ValueError(f"AdamW: betas must be two numbers in [0, 1), got betas={value!r}.")
 
     def learning_rate(self, step: int) -> float:
-        return float(self.lr(step) if callable(self.lr) else self.lr)
+        """``η`` at update ``step`` (0-based); a schedule's value is checked here."""
+        lr = float(self.lr(step)) if callable(self.lr) else float(self.lr)
+        if not (math.isfinite(lr) and lr >= 0):
+            raise ValueError(f"AdamW: the lr schedule {self.lr!r} gave lr={lr!r} at step {step}; need a finite lr >= 0.")
+        return lr
 
     def init(self, params: Mapping[str, Tensor]) -> AdamState:
         """Zero moments shaped like ``params``."""
@@ -124,16 +91,24 @@ class AdamW:
         return AdamState(0, zeros, {k: torch.zeros_like(v) for k, v in params.items()})
 
     def update(
-        self, grads: Mapping[str, Tensor], state: AdamState, params: Mapping[str, Tensor]
+        self,
+        grads: Mapping[str, Tensor],
+        state: AdamState,
+        params: Mapping[str, Tensor],
+        *,
+        lr: float | None = None,
     ) -> tuple[dict[str, Tensor], AdamState]:
-        """One step; returns new params and state (inputs untouched)."""
+        """One step; returns new params and state (inputs untouched).
+
+        ``lr`` overrides the schedule's ``η`` for this step (the imitation solver takes
+        ``k`` updates per task step, all at the task step's rate)."""
         if set(grads) != set(params):
             missing, extra = sorted(set(params) - set(grads)), sorted(set(grads) - set(params))
             raise KeyError(f"AdamW: grads and params differ: missing {missing[:5]}, extra {extra[:5]}.")
         keys = list(params)
         if not keys:
             return dict(params), state._replace(step=state.step + 1)
-        lr = self.learning_rate(state.step)
+        lr = self.learning_rate(state.step) if lr is None else lr
         step = state.step + 1
         b1, b2 = self.betas
         with torch.no_grad():

@@ -9,49 +9,26 @@ never stopped (on the same device and threads).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Mapping
+from typing import Any, Literal
 
-import attrs
 import torch
 from torch import Tensor
 
-from moil.checkpoint import load_checkpoint, save_checkpoint
-from moil.recipes.state import restore, split
+from moil.checkpoint import load_checkpoint, restore_state, save_checkpoint, split_state
+from moil.precision import DTYPES, Autocast
+from moil.schedules import bind_run
 
-__all__ = [
-    "train", "evaluate", "Autocast", "CHECKPOINT", "load_state", "save_state", "step_seed",
-]
+__all__ = ["CHECKPOINT", "evaluate", "load_state", "save_state", "step_seed", "train"]
 
 CHECKPOINT = "checkpoint.safetensors"
 Batches = Callable[[int], Mapping[str, Tensor]] | Iterable[Mapping[str, Tensor]]
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@attrs.frozen(eq=False)
-class Autocast:
-    """A backbone whose forward runs under ``torch.autocast`` (bf16/fp16).
-
-    Only the forward is cast: teacher, target and student stay fp32 master
-    copies, and imitation (weights only) runs in fp32.
-    """
-
-    backbone: Any
-    dtype: torch.dtype
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.backbone, name)
-
-    def __call__(self, params: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        device = next(iter(params.values())).device.type if params else "cpu"
-        with torch.autocast(device_type=device, dtype=self.dtype):
-            out = self.backbone(params, batch)
-        return {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
 
 
 def save_state(path: str | Path, state: Any, metadata: Mapping[str, Any] | None = None) -> None:
     """Atomically write a recipe state (tensors + scalars) to ``path``."""
-    tensors, scalars = split(state)
+    tensors, scalars = split_state(state)
     save_checkpoint(path, tensors, {"scalars": scalars, **(metadata or {})})
 
 
@@ -60,7 +37,7 @@ def load_state(path: str | Path, template: Any) -> tuple[Any, dict]:
     tensors, metadata = load_checkpoint(path)
     if "scalars" not in metadata:
         raise ValueError(f"{path} is a moil checkpoint but not a training state (no 'scalars').")
-    return restore(template, tensors, metadata["scalars"]), metadata
+    return restore_state(template, tensors, metadata["scalars"]), metadata
 
 
 def train(
@@ -81,7 +58,9 @@ def train(
     """Run ``recipe`` for ``steps`` steps; return its (finalized) state.
 
     Args:
-      recipe: a :class:`moil.recipes.Recipe`.
+      recipe: a :class:`moil.recipes.Recipe`; its schedules are bound to ``steps``
+        (:func:`moil.schedules.bind_run`): ``total_steps=None`` becomes the run's length,
+        a schedule that ends earlier is refused, a momentum too slow for the run warns.
       backbone: a :class:`moil.backbones.Backbone`.
       batches: ``step -> batch`` (best: resume needs no replay) or an iterable
         (on resume the first ``k`` batches are skipped).
@@ -101,9 +80,11 @@ def train(
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"train: steps must be an integer >= 0, got steps={steps!r}.")
     if precision != "fp32":
-        if precision not in _DTYPES:
+        if precision not in DTYPES:
             raise ValueError(f"train: precision must be 'fp32', 'bf16' or 'fp16', got {precision!r}.")
-        backbone = Autocast(backbone, _DTYPES[precision])
+        backbone = Autocast(backbone, DTYPES[precision])
+    # Schedules that span the run get its length; one shorter than the run is refused.
+    recipe = bind_run(recipe, steps)
     path = Path(run_dir) / CHECKPOINT if run_dir is not None else None
     state = recipe.init(backbone, seed=seed)
     if resume and path is not None and path.exists():

@@ -8,7 +8,7 @@ import attrs
 import pytest
 import torch
 
-from moil.approx import SEP, TRANSFORM_KEYS, Adapter, Hybrid, LowRank, Sharing, Transform
+from moil.approx import SEP, TRANSFORM_KEYS, Adapter, Hybrid, LowRank, OutputTransform, Sharing
 
 # Two blocks: q (6×5, bias), k (4×5, no bias), v (6×5, bias) read one input of width 5;
 # an MLP layer (3×6, bias) matches no q/k/v suffix and is a group of its own.
@@ -73,13 +73,20 @@ def test_num_params_counts_shared_once():
     assert unshared.num_params(base) == sum(v.numel() for v in unshared.init(base).values())
 
 
-def test_num_params_without_shapes_counts_init():
-    """An approximation with no shapes() method is counted from init's tensors (shared once)."""
+def test_num_params_of_a_user_approximation_counts_shared_once():
+    """A user approximation is counted from its shapes(), a shared parameter once: the total size
+    of init's tensors."""
 
     @attrs.frozen
     class Bare:
         inner: LowRank = attrs.field(factory=lambda: LowRank(2))
         shareable = frozenset({"lora_a"})
+
+        def shapes(self, out_features, in_features):
+            return self.inner.shapes(out_features, in_features)
+
+        def weight_and_bias(self, params, w0, b0):
+            return self.weight(params, w0), self.bias(params, w0, b0)
 
         def init(self, w0, b0=None, *, generator=None):
             return self.inner.init(w0, b0, generator=generator)
@@ -232,7 +239,7 @@ def test_missing_target_suggests_close_names():
     [
         (LowRank(2), "lora_b"),
         (Hybrid(2), "lora_b"),
-        (Transform(2, side="output"), "transform_down"),
+        (OutputTransform(2), "transform_down"),
     ],
 )
 def test_sharing_a_non_shareable_key_raises(approx, key):
@@ -269,3 +276,14 @@ def test_bad_adapter_configuration_raises():
         Adapter(LowRank(2), ["a.query", "a.query"])
     with pytest.raises(ValueError, match=re.escape("strip='('")):
         Sharing(TRANSFORM_KEYS, strip="(")
+
+
+def test_shapes_and_keys_are_what_init_makes():
+    """shapes(base) = {key: shape} of init(base) in init's order (a shared key once), and key(t, n)
+    is '<owner>::<n>': the group for a shared name, the target otherwise."""
+    ad, base = shared_hybrid(), make_base()
+    params = ad.init(base)
+    assert list(ad.shapes(base).items()) == [(k, tuple(v.shape)) for k, v in params.items()]
+    assert ad.key("enc.1.attn.key", "transform_up") == f"enc.1.attn{SEP}transform_up"
+    assert ad.key("enc.1.attn.key", "lora_b") == f"enc.1.attn.key{SEP}lora_b"
+    assert ad.key("enc.1.mlp.fc", "transform_up") == f"enc.1.mlp.fc{SEP}transform_up"

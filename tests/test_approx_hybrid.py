@@ -1,5 +1,5 @@
-"""Tests for moil.approx.Hybrid: Ŵ = (W0 + s B A)(I + U D) (input) or (I + U D)(W0 + s B A)
-(output)."""
+"""Tests for moil.approx.Hybrid: Ŵ = (W0 + s B A)(I + U D) (input), and OutputHybrid:
+(I + U D)(W0 + s B A) (output)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moil.approx import TRANSFORM_KEYS, Hybrid, LowRank, Transform
+from moil.approx import TRANSFORM_KEYS, Hybrid, LowRank, OutputHybrid, OutputTransform, Transform
 from moil.testing import adapter_params, check_approximation, weight_shapes, weights
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, database=None)
 EXACT = {"rtol": 1e-12, "atol": 1e-12}  # float64, sizes ≤ 12: far above rounding
 SIDES = ("input", "output")
+HYBRIDS = {"input": Hybrid, "output": OutputHybrid}  # the class of each side
+TRANSFORMS = {"input": Transform, "output": OutputTransform}
+
+
+def side_of(approx):
+    return "output" if isinstance(approx, OutputHybrid) else "input"
 
 
 def adapter(p, h):
@@ -33,7 +39,7 @@ def sequential(approx):
     """The reference forward of ``approx`` with the adapter applied as its own step."""
 
     def forward(p, w0, b0, x):
-        if approx.side == "input":  # x' = x + U(D x + a) + c, y = L x' + b0
+        if side_of(approx) == "input":  # x' = x + U(D x + a) + c, y = L x' + b0
             return low_rank_layer(p, w0, b0, adapter(p, x), approx.scale)
         return adapter(
             p, low_rank_layer(p, w0, b0, x, approx.scale)
@@ -46,8 +52,8 @@ CASES = [
     Hybrid(2),
     Hybrid(1, transform_rank=3),
     Hybrid(3, transform_rank=1, scale=0.5),
-    Hybrid(2, side="output"),
-    Hybrid(1, transform_rank=2, side="output", scale=-1.0),
+    OutputHybrid(2),
+    OutputHybrid(1, transform_rank=2, scale=-1.0),
 ]
 
 
@@ -66,17 +72,18 @@ def explicit(approx, p, w0, b0):
     low = w0 + approx.scale * p["lora_b"] @ p["lora_a"]
     eye = torch.eye(up.shape[0], dtype=w0.dtype)
     b0 = torch.zeros(w0.shape[0], dtype=w0.dtype) if b0 is None else b0
-    if approx.side == "input":
+    if side_of(approx) == "input":
         return low @ (eye + up @ down), low @ (up @ a + c) + b0
     return (eye + up @ down) @ low, (eye + up @ down) @ b0 + up @ a + c
 
 
-hybrids = st.builds(
-    Hybrid,
-    rank=st.integers(1, 3),
-    transform_rank=st.none() | st.integers(1, 3),
-    side=st.sampled_from(SIDES),
-    scale=st.sampled_from([1.0, 0.5, -2.0]),
+hybrids = st.sampled_from(SIDES).flatmap(
+    lambda side: st.builds(
+        HYBRIDS[side],
+        rank=st.integers(1, 3),
+        transform_rank=st.none() | st.integers(1, 3),
+        scale=st.sampled_from([1.0, 0.5, -2.0]),
+    )
 )
 
 
@@ -147,7 +154,7 @@ def test_hand_checkable_merge():
         Hybrid(1).weight(p, w0), torch.tensor([[2.0, 1.0], [1.0, 1.0]], **f64), **exact
     )
     torch.testing.assert_close(
-        Hybrid(1, side="output").weight(p, w0),
+        OutputHybrid(1).weight(p, w0),
         torch.tensor([[1.0, 1.0], [1.0, 2.0]], **f64),
         **exact,
     )
@@ -158,7 +165,7 @@ def test_parameters_are_the_union_of_both_parts(approx):
     """shapes = LowRank(r).shapes ∪ Transform(r_t or r).shapes, num_params their sum, r_t = None
     means r."""
     low = LowRank(approx.rank, scale=approx.scale)
-    tr = Transform(approx.transform_rank or approx.rank, approx.side)
+    tr = TRANSFORMS[side_of(approx)](approx.transform_rank or approx.rank)
     assert approx.shapes(7, 6) == {**low.shapes(7, 6), **tr.shapes(7, 6)}
     assert approx.num_params(7, 6) == low.num_params(7, 6) + tr.num_params(7, 6)
     assert approx.shareable == low.shareable | tr.shareable

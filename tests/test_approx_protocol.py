@@ -8,15 +8,15 @@ import re
 import pytest
 import torch
 
-from moil.approx import Approximation, Hybrid, LowRank, Transform
+from moil.approx import Approximation, Hybrid, LowRank, OutputHybrid, OutputTransform, Transform, on_side
 
 BUILT_INS = [
     LowRank(2),
     LowRank(2, scale=0.5),
     Transform(2),
-    Transform(2, side="output"),
+    OutputTransform(2),
     Hybrid(2),
-    Hybrid(2, transform_rank=1, side="output"),
+    OutputHybrid(2, transform_rank=1),
 ]
 ids = [repr(a) for a in BUILT_INS]
 
@@ -45,7 +45,7 @@ def test_built_ins_follow_the_protocol(approx):
 # ------------------------------------------------------------------ construction errors
 
 
-@pytest.mark.parametrize("cls", [LowRank, Transform, Hybrid])
+@pytest.mark.parametrize("cls", [LowRank, Transform, OutputTransform, Hybrid, OutputHybrid])
 @pytest.mark.parametrize("bad", [0, -1, 2.5, "2", True, None])
 def test_rank_must_be_a_positive_int(cls, bad):
     """rank ∈ ℤ, rank ≥ 1 (bool, float, str, None rejected); the message shows rank=<value>."""
@@ -53,14 +53,15 @@ def test_rank_must_be_a_positive_int(cls, bad):
         cls(bad)
 
 
+@pytest.mark.parametrize("cls", [Hybrid, OutputHybrid])
 @pytest.mark.parametrize("bad", [0, -3, 1.5])
-def test_hybrid_transform_rank_must_be_a_positive_int_or_none(bad):
+def test_hybrid_transform_rank_must_be_a_positive_int_or_none(cls, bad):
     """transform_rank ∈ {None} ∪ ℤ≥1; the message shows transform_rank=<value>."""
     with pytest.raises(ValueError, match=re.escape(f"transform_rank={bad!r}")):
-        Hybrid(2, transform_rank=bad)
+        cls(2, transform_rank=bad)
 
 
-@pytest.mark.parametrize("cls", [LowRank, Hybrid])
+@pytest.mark.parametrize("cls", [LowRank, Hybrid, OutputHybrid])
 @pytest.mark.parametrize("bad", [float("inf"), float("nan"), "1", None])
 def test_scale_must_be_finite(cls, bad):
     """scale ∈ ℝ finite; the message shows scale=<value>."""
@@ -70,9 +71,11 @@ def test_scale_must_be_finite(cls, bad):
 
 @pytest.mark.parametrize("cls", [Transform, Hybrid])
 def test_side_must_be_input_or_output(cls):
-    """side ∈ {"input", "output"}; the message shows the bad side."""
+    """side ∈ {"input", "output"} picks the variant class; the message shows the bad side."""
     with pytest.raises(ValueError, match="left"):
-        cls(2, side="left")
+        on_side(cls, "left")
+    assert on_side(cls, "input") is cls
+    assert on_side(cls, "output") is {Transform: OutputTransform, Hybrid: OutputHybrid}[cls]
 
 
 # ---------------------------------------------------------------------- runtime errors
@@ -82,7 +85,7 @@ def test_side_must_be_input_or_output(cls):
     "approx,name,value",
     [
         (LowRank(5), "rank", 5),
-        (Transform(5, "output"), "rank", 5),
+        (OutputTransform(5), "rank", 5),
         (Hybrid(5), "rank", 5),
         (Hybrid(2, transform_rank=5), "transform_rank", 5),
     ],

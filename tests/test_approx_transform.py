@@ -1,4 +1,5 @@
-"""Tests for moil.approx.Transform: the linear adapter x ↦ x + U(D x + a) + c merged into W0."""
+"""Tests for moil.approx.Transform / OutputTransform: the linear adapter x ↦ x + U(D x + a) + c
+merged into W0, before the layer or after it."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moil.approx import TRANSFORM_KEYS, Transform
+from moil.approx import TRANSFORM_KEYS, OutputTransform, Transform
 from moil.testing import adapter_params, check_approximation, weight_shapes, weights
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, database=None)
 EXACT = {"rtol": 1e-12, "atol": 1e-12}  # float64, sizes ≤ 12: far above rounding
 SIDES = ("input", "output")
+TRANSFORMS = {"input": Transform, "output": OutputTransform}  # the class of each side
 
 
 def adapter(p, h):
@@ -45,7 +47,7 @@ SEQUENTIAL = {"input": sequential_input, "output": sequential_output}
 @pytest.mark.parametrize("rank", [1, 3])
 def test_contract_laws_with_sequential_reference(side, rank):
     """Every contract law holds, and x Ŵᵀ + b̂ equals the adapter and the layer applied in turn."""
-    check_approximation(Transform(rank, side), reference=SEQUENTIAL[side], max_examples=20)
+    check_approximation(TRANSFORMS[side](rank), reference=SEQUENTIAL[side], max_examples=20)
 
 
 def explicit(side, p, w0, b0):
@@ -65,7 +67,7 @@ def explicit(side, p, w0, b0):
 def test_formula_equals_explicit_identity_matrices(data, side, rank, with_bias):
     """Input: Ŵ = W0 (I + U D), b̂ = W0 (U a + c) + b0; output: Ŵ = (I + U D) W0,
     b̂ = (I + U D) b0 + U a + c — with and without b0 (absent b0 acts as 0)."""
-    approx = Transform(rank, side)
+    approx = TRANSFORMS[side](rank)
     w0 = data.draw(weights(weight_shapes(rank, 9)))
     b0 = data.draw(weights((w0.shape[0],))) if with_bias else None
     p = data.draw(adapter_params(approx, w0, b0))
@@ -79,7 +81,7 @@ def test_formula_equals_explicit_identity_matrices(data, side, rank, with_bias):
 def test_merge_equals_sequential_adapter(data, side, rank, batch):
     """Merging is exact: x Ŵᵀ + b̂ = W0 (x + U(D x + a) + c) + b0 (input side) and
     = y + U(D y + a) + c with y = W0 x + b0 (output side)."""
-    approx = Transform(rank, side)
+    approx = TRANSFORMS[side](rank)
     w0 = data.draw(weights(weight_shapes(rank, 9)))
     b0 = data.draw(st.none() | weights((w0.shape[0],)))
     p = data.draw(adapter_params(approx, w0, b0))
@@ -101,7 +103,7 @@ def test_hand_checkable_merge():
         "transform_up": torch.tensor([[1.0], [0.0]], **f64),
         "transform_up_bias": torch.tensor([0.0, 2.0], **f64),
     }
-    inp, out = Transform(1, "input"), Transform(1, "output")
+    inp, out = Transform(1), OutputTransform(1)
     exact = {"rtol": 0, "atol": 0}
     torch.testing.assert_close(
         inp.weight(p, w0), torch.tensor([[1.0, 3.0], [3.0, 7.0]], **f64), **exact
@@ -123,7 +125,7 @@ def test_hand_checkable_merge():
 def test_init_is_xavier_down_and_zero_rest(shape, side, rank, seed):
     """D ~ U(±√(6/(r + d))) of shape (r, d), with d = in (input) or out (output); a, U, c = 0."""
     d = shape[1] if side == "input" else shape[0]
-    p = Transform(rank, side).init(
+    p = TRANSFORMS[side](rank).init(
         torch.zeros(shape, dtype=torch.float64), generator=torch.Generator().manual_seed(seed)
     )
     assert list(p) == list(TRANSFORM_KEYS)
@@ -138,21 +140,21 @@ def test_init_is_xavier_down_and_zero_rest(shape, side, rank, seed):
 )
 def test_num_params_is_two_r_d_plus_r_plus_d(side, shape, want):
     """num_params = 2·r·d + r + d with d the adapted side's width (r = 2)."""
-    assert Transform(2, side).num_params(*shape) == want
+    assert TRANSFORMS[side](2).num_params(*shape) == want
 
 
 def test_shareable_only_on_the_input_side():
     """The input-side adapter depends on the input alone (all four keys shareable); the output side
     on nothing shareable."""
-    assert Transform(2, "input").shareable == frozenset(TRANSFORM_KEYS)
-    assert Transform(2, "output").shareable == frozenset()
+    assert Transform(2).shareable == frozenset(TRANSFORM_KEYS)
+    assert OutputTransform(2).shareable == frozenset()
 
 
 @SETTINGS
 @given(w0=weights((4, 5)), seed=st.integers(0, 2**31))
 def test_input_side_grad_matches_closed_form(w0, seed):
     """For f = Σ G ⊙ (W0 + W0 U D): ∂f/∂U = W0ᵀ G Dᵀ and ∂f/∂D = Uᵀ W0ᵀ G (torch.func.grad)."""
-    approx = Transform(2, "input")
+    approx = Transform(2)
     g = torch.Generator().manual_seed(seed)
     p = {
         k: torch.randn(v.shape, generator=g, dtype=torch.float64)

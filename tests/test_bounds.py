@@ -199,7 +199,7 @@ def test_hybrid_fits_exactly_what_low_rank_cannot(seed, rank, extra, side):
     low = w0 + params["lora_b"] @ params["lora_a"]
     mix = torch.eye(d, dtype=torch.float64) + params["transform_up"] @ params["transform_down"]
     target = low @ mix if side == "input" else mix @ low
-    student = ma.Hybrid(rank=rank, side=side).weight(params, w0)
+    student = ma.on_side(ma.Hybrid, side)(rank=rank).weight(params, w0)
     zero = torch.tensor(0.0, dtype=torch.float64)
     assert_close(frobenius_distance({"w": student}, {"w": target}), zero, rtol=0, atol=1e-10)
     assert torch.linalg.matrix_rank(target - w0) == 2 * rank

@@ -1,4 +1,5 @@
-"""Tests for moil.checkpoint: atomic safetensors checkpoints, trees, RNG and scalars."""
+"""Tests for moil.checkpoint: atomic safetensors checkpoints, and states (trees, RNG and scalars)
+split into tensors + scalars."""
 
 from __future__ import annotations
 
@@ -17,18 +18,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-import moil.checkpoint as ckpt
+import moil.checkpoint.files as ckpt
 from moil.checkpoint import (
     CheckpointMismatchError,
     CorruptCheckpointError,
-    decode_generator,
-    decode_scalar,
-    encode_generator,
-    encode_scalar,
-    flatten,
     load_checkpoint,
+    restore_state,
     save_checkpoint,
-    unflatten,
+    split_state,
 )
 
 SETTINGS = settings(derandomize=True, max_examples=40, deadline=None)
@@ -108,7 +105,7 @@ def test_overwrite_replaces_and_creates_parents(tmp_path):
 
 def test_non_tensor_values_and_non_json_metadata_are_rejected(tmp_path):
     """Inputs safetensors cannot hold raise TypeError naming the fix, and write nothing."""
-    with pytest.raises(TypeError, match="encode_scalar"):
+    with pytest.raises(TypeError, match="split_state"):
         save_checkpoint(tmp_path / "c.safetensors", {"step": 3})
     with pytest.raises(TypeError, match="JSON"):
         save_checkpoint(tmp_path / "c.safetensors", {"x": torch.zeros(1)}, {"t": torch.zeros(1)})
@@ -264,81 +261,125 @@ def test_expected_mismatch_names_keys_shapes_and_dtypes(tmp_path):
             load_checkpoint(path, expected=expected)
 
 
-# ----------------------------------------------------------------------------- trees
+# ----------------------------------------------------------------------------- states
 
 segments = st.text(alphabet="ab.:_-0", min_size=1, max_size=5)
-trees = st.recursive(
+leaves = st.one_of(
     st.builds(lambda n: torch.arange(float(n)), st.integers(0, 3)),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=True),
+)
+trees = st.recursive(
+    leaves,
     lambda children: st.dictionaries(segments, children, min_size=1, max_size=3),
     max_leaves=8,
 )
 
 
+def _save_load(tmp_path, state):
+    """A state through a file as train.save_state/load_state store it: tensors + JSON scalars."""
+    tensors, scalars = split_state(state)
+    save_checkpoint(tmp_path / "c.safetensors", tensors, {"scalars": scalars})
+    loaded, meta = load_checkpoint(tmp_path / "c.safetensors")
+    return restore_state(state, loaded, meta["scalars"])
+
+
 @given(st.dictionaries(segments, trees, max_size=4))
 @SETTINGS
-def test_unflatten_inverts_flatten(tree):
-    """unflatten(flatten(t)) == t (same leaves, by identity); keys with '.' and '::' survive."""
-    flat = flatten(tree)
-    assert all(isinstance(v, torch.Tensor) for v in flat.values())
+def test_restore_state_inverts_split_state(tree):
+    """restore_state(tree, *split_state(tree)) == tree (same tensors, by identity; scalars with
+    their type); keys with '.' and '::' survive, and splitting the result gives the same split."""
+    tensors, scalars = split_state(tree)
+    assert all(isinstance(v, torch.Tensor) for v in tensors.values())
+    assert all(isinstance(v, (bool, int, float)) for v in scalars.values())
 
     def same(a, b):
         if isinstance(a, torch.Tensor):
             return a is b
+        if not isinstance(a, dict):
+            return type(a) is type(b) and (a == b or a != a and b != b)  # nan == nan
         return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
 
-    assert same(unflatten(flat), tree)
-    assert flatten(unflatten(flat)) == flat
+    restored = restore_state(tree, tensors, scalars)
+    assert same(restored, tree)
+    again = split_state(restored)
+    assert again[0].keys() == tensors.keys() and all(again[0][k] is v for k, v in tensors.items())
+    assert again[1].keys() == scalars.keys() and all(same(again[1][k], v) for k, v in scalars.items())
 
 
-def test_flatten_rejects_what_it_cannot_invert():
-    """'/' in a key, empty keys, empty sub-dicts and non-tensor leaves raise; conflicts in unflatten raise."""
+def test_split_state_takes_namedtuples_and_restores_empty_mappings():
+    """NamedTuple fields split by name and come back as the same NamedTuple; an empty mapping (no
+    heads) has no key to store and is restored from the template."""
+    from typing import NamedTuple
+
+    class Opt(NamedTuple):
+        step: int
+        exp_avg: dict
+
+    state = {"opt": Opt(3, {"w": torch.ones(2)}), "heads": {}}
+    tensors, scalars = split_state(state)
+    assert (tensors.keys(), scalars) == ({"opt/exp_avg/w"}, {"opt/step": 3})
+    template = {"opt": Opt(0, {"w": torch.zeros(2)}), "heads": {}}
+    restored = restore_state(template, tensors, scalars)
+    assert isinstance(restored["opt"], Opt) and restored["opt"].step == 3 and restored["heads"] == {}
+    assert restored["opt"].exp_avg["w"] is tensors["opt/exp_avg/w"]
+
+
+def test_split_state_rejects_what_it_cannot_invert():
+    """'/' in a key, empty keys and leaves that are not tensors or numbers raise; tensors or
+    scalars that do not fit the template raise, naming the key."""
     with pytest.raises(ValueError, match="without '/'"):
-        flatten({"a/b": torch.zeros(1)})
+        split_state({"a/b": torch.zeros(1)})
     with pytest.raises(ValueError, match="non-empty"):
-        flatten({"": torch.zeros(1)})
-    with pytest.raises(ValueError, match="empty mapping"):
-        flatten({"a": {}})
-    with pytest.raises(TypeError, match="encode_scalar"):
-        flatten({"a": {"step": 3}})
-    with pytest.raises(ValueError, match="also a tensor"):
-        unflatten({"a": torch.zeros(1), "a/b": torch.zeros(1)})
-    with pytest.raises(ValueError, match="prefix"):
-        unflatten({"a/b": torch.zeros(1), "a": torch.zeros(1)})
-    with pytest.raises(ValueError, match="empty segment"):
-        unflatten({"a//b": torch.zeros(1)})
-
-
-# ----------------------------------------------------------------------------- RNG and scalars
+        split_state({"": torch.zeros(1)})
+    with pytest.raises(TypeError, match="get_state"):
+        split_state({"a": {"step": "3"}})
+    template = {"a": {"b": torch.zeros(1)}, "step": 1}
+    with pytest.raises(CheckpointMismatchError, match=r"does not match.*unexpected.*'a/b/c'"):
+        restore_state(template, {"a/b": torch.zeros(1), "a/b/c": torch.zeros(1)}, {"step": 1})
+    with pytest.raises(CheckpointMismatchError, match=r"missing.*'a/b'.*unexpected.*'a'"):
+        restore_state(template, {"a": torch.zeros(1)}, {"step": 1})
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected.*'a//b'"):
+        restore_state(template, {"a/b": torch.zeros(1), "a//b": torch.zeros(1)}, {"step": 1})
+    with pytest.raises(CheckpointMismatchError, match=r"'a/b' has shape \(2,\), expected \(1,\)"):
+        restore_state(template, {"a/b": torch.zeros(2)}, {"step": 1})
+    with pytest.raises(CheckpointMismatchError, match=r"'step' is 1.5, expected a int"):
+        restore_state(template, {"a/b": torch.zeros(1)}, {"step": 1.5})
 
 
 def test_generator_state_resumes_bitwise_through_a_file(tmp_path):
-    """A generator saved mid-stream and restored from disk continues with the same draws."""
+    """A generator saved mid-stream (as its get_state() tensor) and restored from disk continues
+    with the same draws; the step comes back as the int it was."""
     g = torch.Generator().manual_seed(1234)
     torch.randn(10, generator=g)
-    tensors = flatten({"rng": {"torch": encode_generator(g)}, "step": encode_scalar(10)})
-    save_checkpoint(tmp_path / "c.safetensors", tensors)
+    state = {"rng": {"torch": g.get_state()}, "step": 10}
     expected = torch.randn(50, generator=g)
-    loaded = unflatten(load_checkpoint(tmp_path / "c.safetensors")[0])
-    resumed = decode_generator(loaded["rng"]["torch"])
+    template = {"rng": {"torch": torch.Generator().get_state()}, "step": 0}
+    tensors, scalars = split_state(state)
+    save_checkpoint(tmp_path / "c.safetensors", tensors, {"scalars": scalars})
+    loaded, meta = load_checkpoint(tmp_path / "c.safetensors")
+    restored = restore_state(template, loaded, meta["scalars"])
+    resumed = torch.Generator()
+    resumed.set_state(restored["rng"]["torch"])
     assert torch.equal(torch.randn(50, generator=resumed), expected)
-    assert decode_scalar(loaded["step"]) == 10
+    assert restored["step"] == 10 and type(restored["step"]) is int
 
 
-def test_encode_generator_is_a_copy():
-    """The encoded state does not follow the generator afterwards."""
+def test_split_state_does_not_copy():
+    """split_state hands out the state's own tensors (no copy): saving is what copies."""
     g = torch.Generator().manual_seed(0)
-    state = encode_generator(g)
+    state = {"rng": g.get_state()}
+    assert split_state(state)[0]["rng"] is state["rng"]
     torch.rand(3, generator=g)
-    assert torch.equal(state, torch.Generator().manual_seed(0).get_state())
-    with pytest.raises(ValueError, match="uint8"):
-        decode_generator(torch.zeros(3))
+    assert torch.equal(state["rng"], torch.Generator().manual_seed(0).get_state())
 
 
 @given(st.one_of(st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=True)))
 @SETTINGS
-def test_scalars_round_trip_exactly(value):
-    """decode_scalar(encode_scalar(x)) is x with the same type and bits (nan, -0.0 included)."""
-    out = decode_scalar(encode_scalar(value))
+def test_scalars_round_trip_exactly(tmp_path_factory, value):
+    """A state's scalar through a checkpoint file is the same value, type and bits (nan, -0.0)."""
+    out = _save_load(tmp_path_factory.mktemp("s"), {"x": value})["x"]
     assert type(out) is type(value)
     if isinstance(value, float):
         assert struct.pack("<d", out) == struct.pack("<d", value)
@@ -346,14 +387,14 @@ def test_scalars_round_trip_exactly(value):
         assert out == value
 
 
-def test_scalar_errors():
-    """Out-of-range ints and non-numbers are refused."""
-    with pytest.raises(OverflowError):
-        encode_scalar(2**63)
+def test_scalar_errors(tmp_path):
+    """Integers beyond int64 round-trip exactly too (JSON); non-numbers and scalars of another
+    type than the template's are refused."""
+    assert _save_load(tmp_path, {"x": 2**63})["x"] == 2**63
     with pytest.raises(TypeError):
-        encode_scalar("3")
-    with pytest.raises(ValueError, match="0-d"):
-        decode_scalar(torch.zeros(2))
+        split_state({"x": "3"})
+    with pytest.raises(CheckpointMismatchError, match="expected a float"):
+        restore_state({"x": 0.0}, {}, {"x": True})
 
 
 def test_metadata_json_shape_on_disk(tmp_path):

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
 
-from moil.cli import app
+from moil.harness.cli import app
 
 runner = CliRunner()
 SMALL = ["--model", "tiny", "--steps", "3", "--limit", "40"]
@@ -59,6 +62,26 @@ def test_report_table_equals_results_json(demo_dir):
             assert float(cells["val"]) == pytest.approx(row["val_mean"], abs=5e-5)
         assert int(cells["stored params"].replace(",", "")) == row["stored_parameters"]
         assert float(cells["% of model"]) == pytest.approx(row["percent_of_model"], abs=5e-3)
+
+
+def test_report_draws_without_pyplot_or_a_backend_switch(demo_dir, tmp_path):
+    """Writing the report (in a fresh process) imports no pyplot and leaves matplotlib's
+    backend setting as it found it: figures are ``matplotlib.figure.Figure`` objects."""
+    out = shutil.copytree(demo_dir, tmp_path / "copy")
+    for plot in out.glob("*.png"):
+        plot.unlink()  # drawn again below
+    code = (
+        "import json, sys, matplotlib\n"
+        "from pathlib import Path\n"
+        "before = dict.__getitem__(matplotlib.rcParams, 'backend')\n"
+        "from moil.harness.report import write_report\n"
+        f"out = Path({str(out)!r})\n"
+        "write_report(json.loads((out / 'results.json').read_text()), out)\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"
+        "assert dict.__getitem__(matplotlib.rcParams, 'backend') == before\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert (out / "curves-itm.png").stat().st_size > 1000
 
 
 def test_demo_resume_reuses_finished_runs(demo_dir):

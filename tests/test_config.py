@@ -1,13 +1,13 @@
-"""moil.config: TOML ⇄ typed specs, readable errors, momentum specs, the built-in configs."""
+"""moil.harness.config and .build: TOML ⇄ typed specs, readable errors, momentum specs,
+the built-in configs."""
 
 from __future__ import annotations
 
 import pytest
 
-from moil.cli import builtin_config
-from moil.config import (
-    Config, ConfigError, build_approx, dump_config, load_config, loads_config, parse_config, parse_momentum,
-)
+from moil.harness.build import build_approx, parse_momentum
+from moil.harness.cli import builtin_config
+from moil.harness.config import Config, ConfigError, dump_config, load_config, loads_config, parse_config
 from moil.momentum import Constant, CosineRamp, HalfLife, LinearWarmup
 
 
@@ -47,10 +47,14 @@ def test_errors_name_the_path_and_the_fix(tmp_path):
     ("[[arms]]\nlr = {itm = [1e-3, 1e-3]}", "lr lists must be non-empty without repeats"),
     ("[train]\neval_splits = []", "eval_splits must list"),
     ("[train]\ncheckpoint_every = -1", "checkpoint_every must be >= 0"),
+    ("[[arms]]\nwarmup = 1.0", "warmup must be a fraction of the run in [0, 1), got warmup=1.0"),
+    ("[[arms]]\nwarmup = 100", "warmup must be a fraction of the run in [0, 1), got warmup=100.0"),
+    ("[[arms]]\nwarmup = -0.1", "warmup must be a fraction of the run in [0, 1)"),
 ])
 def test_wrong_types_and_repeats_are_refused(text, fragment):
-    """Numbers are not silently truncated (2.5 workers), booleans are not ints, and lists
-    that name runs (seeds, tasks, swept lrs) have no repeats: two runs would share a folder."""
+    """Numbers are not silently truncated (2.5 workers), booleans are not ints, lists
+    that name runs (seeds, tasks, swept lrs) have no repeats (two runs would share a
+    folder), and warm-up is a fraction of the run, never a step count."""
     with pytest.raises(ConfigError) as err:
         loads_config(text)
     assert fragment in str(err.value)
@@ -68,6 +72,8 @@ def test_momentum_specs():
         parse_momentum("fast", 10)
     with pytest.raises(ConfigError, match="momentum 'constant:1.5'"):
         parse_momentum("constant:1.5", 10)
+    with pytest.raises(ConfigError, match="momentum 'half-life:x'"):
+        parse_momentum("half-life:x", 10)  # a number that does not parse, not a raw ValueError
     with pytest.raises(ConfigError, match="approx"):
         build_approx("dora", 4)
 

@@ -1,4 +1,4 @@
-"""moil.data.cache: round trip, key sensitivity, atomic writes, corrupt files never returned."""
+"""moil.harness.data.cache: round trip, key sensitivity, atomic writes, corrupt files never returned."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from moil.data.cache import (
+from moil.harness.data.cache import (
     CACHE_ENV,
     CacheWarning,
     CorruptCacheError,

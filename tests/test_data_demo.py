@@ -1,12 +1,12 @@
-"""moil.data.demo: the assembled pipeline on real digits, real features, real tokenizer."""
+"""moil.harness.data.demo: the assembled pipeline on real digits, real features, real tokenizer."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from moil.data.demo import prepare_demo_data
-from moil.data.visual_features import EfficientNetLite0Grid
+from moil.harness.data.demo import prepare_demo_data
+from moil.harness.data.visual_features import EfficientNetLite0Grid
 
 
 def test_rejects_unknown_dataset_and_bad_limit():

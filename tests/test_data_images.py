@@ -1,4 +1,4 @@
-"""moil.data.images: the real MNIST-5k split and the optional Fashion-MNIST loader."""
+"""moil.harness.data.images: the real MNIST-5k split and the optional Fashion-MNIST loader."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import importlib.util
 import pytest
 import torch
 
-from moil.data import images as images_mod
-from moil.data.images import (
+from moil.harness.data import images as images_mod
+from moil.harness.data.images import (
     DIGIT_NAMES,
     FASHION_MNIST_ROOT,
     ImageSet,

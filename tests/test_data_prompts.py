@@ -1,11 +1,11 @@
-"""moil.data.prompts: held-out phrasings, answers per class, validation."""
+"""moil.harness.data.prompts: held-out phrasings, answers per class, validation."""
 
 from __future__ import annotations
 
 import pytest
 
-from moil.data.images import DIGIT_NAMES, FASHION_NAMES
-from moil.data.prompts import (
+from moil.harness.data.images import DIGIT_NAMES, FASHION_NAMES
+from moil.harness.data.prompts import (
     PromptSet,
     QuestionFamily,
     TaskText,

@@ -1,4 +1,4 @@
-"""moil.data.tasks: balanced, deterministic ITM and VQA batches (fast: a word-level tokenizer)."""
+"""moil.harness.data.tasks: balanced, deterministic ITM and VQA batches (fast: a word-level tokenizer)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import zlib
 import pytest
 import torch
 
-from moil.data.images import DIGIT_NAMES
-from moil.data.prompts import digit_task_text
-from moil.data.tasks import as_generator, itm_batches, vqa_batches
-from moil.data.text import build_caption_bank, build_question_bank
+from moil.harness.data.images import DIGIT_NAMES
+from moil.harness.data.prompts import digit_task_text
+from moil.harness.data.tasks import as_generator, itm_batches, vqa_batches
+from moil.harness.data.text import build_caption_bank, build_question_bank
 
 N, T, D = 37, 4, 6
 

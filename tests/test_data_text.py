@@ -1,4 +1,4 @@
-"""moil.data.text: offline MiniLM tokenizer and the pre-tokenised banks."""
+"""moil.harness.data.text: offline MiniLM tokenizer and the pre-tokenised banks."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import importlib.util
 import pytest
 import torch
 
-from moil.data import text as text_mod
-from moil.data.images import DIGIT_NAMES
-from moil.data.prompts import digit_task_text
-from moil.data.text import (
+from moil.harness.data import text as text_mod
+from moil.harness.data.images import DIGIT_NAMES
+from moil.harness.data.prompts import digit_task_text
+from moil.harness.data.text import (
     build_caption_bank,
     build_question_bank,
     load_tokenizer,

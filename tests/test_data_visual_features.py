@@ -1,4 +1,4 @@
-"""moil.data.visual_features: configuration, preprocessing, cache keys (fast) and the real
+"""moil.harness.data.visual_features: configuration, preprocessing, cache keys (fast) and the real
 pretrained EfficientNet-Lite0 on real digits (slow)."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moil.data.cache import CacheWarning
-from moil.data.images import load_digits_5k
-from moil.data.visual_features import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite0Grid
+from moil.harness.data.cache import CacheWarning
+from moil.harness.data.images import load_digits_5k
+from moil.harness.data.visual_features import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite0Grid
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ ADAPTERS = {
     "hybrid_shared": ma.Adapter(
         ma.Hybrid(3, transform_rank=2), TARGETS, ma.Sharing(ma.TRANSFORM_KEYS)
     ),
-    "hybrid_output_side": ma.Adapter(ma.Hybrid(2, side="output", scale=-1.5), TARGETS),
+    "hybrid_output_side": ma.Adapter(ma.OutputHybrid(2, scale=-1.5), TARGETS),
 }
 
 
@@ -90,11 +90,31 @@ def test_json_describes_the_adapter(tmp_path):
     assert doc["format"] == "moil.student" and doc["format_version"] == 1
     assert doc["approximation"] == {
         "class": "moil.approx.hybrid:Hybrid",
-        "fields": {"rank": 3, "transform_rank": 2, "side": "input", "scale": 1.0},
+        "fields": {"rank": 3, "transform_rank": 2, "scale": 1.0},
     }
     assert doc["targets"] == list(TARGETS)
     assert doc["sharing"] == {"keys": sorted(ma.TRANSFORM_KEYS), "strip": ma.QKV_SUFFIX}
     assert doc["params"] == sorted(params) and doc["heads"] == []
+
+
+@pytest.mark.parametrize("side,cls", [("input", ma.Hybrid), ("output", ma.OutputHybrid)])
+def test_students_saved_with_a_side_field_still_load(tmp_path, side, cls):
+    """A student.json from before the output side was its own class ({"class": Hybrid, "fields":
+    {..., "side": ...}}) loads as the class of that side and merges as that class."""
+    adapter = ma.Adapter(cls(2, scale=-1.5), TARGETS)
+    base = _base()
+    params = _trained(adapter.init(base))
+    out = save_student(tmp_path / "s", adapter, params)
+    doc = json.loads((out / "student.json").read_text())
+    doc["approximation"] = {
+        "class": "moil.approx.hybrid:Hybrid",
+        "fields": {"rank": 2, "transform_rank": None, "side": side, "scale": -1.5},
+    }
+    (out / "student.json").write_text(json.dumps(doc))
+    student = load_student(out, base=base)
+    assert student.adapter == adapter and type(student.adapter.approx) is cls
+    got, want = student.adapter.merge(student.params, base), adapter.merge(params, base)
+    assert all(torch.equal(got[k], want[k]) for k in want)
 
 
 def test_wrong_base_is_a_shape_mismatch(tmp_path):
@@ -176,11 +196,17 @@ class Doubled:
     def init(self, w0, b0=None, *, generator=None):
         return self._inner().init(w0, b0, generator=generator)
 
+    def shapes(self, out_features, in_features):
+        return self._inner().shapes(out_features, in_features)
+
     def weight(self, params, w0):
         return self._inner().weight(params, w0)
 
     def bias(self, params, w0, b0):
         return b0
+
+    def weight_and_bias(self, params, w0, b0):
+        return self.weight(params, w0), self.bias(params, w0, b0)
 
     def num_params(self, out_features, in_features):
         return self._inner().num_params(out_features, in_features)

@@ -1,14 +1,15 @@
-"""moil.grid.run_grid: sweeps then seed runs, in this process or in worker processes."""
+"""moil.harness.grid.run_grid: sweeps then seed runs, in this process or in worker processes."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 
-from moil.config import parse_config
-from moil.experiment import MetricsLog
-from moil.grid import run_grid
+from moil.harness.config import parse_config
+from moil.harness.grid import run_grid
+from moil.harness.metrics_log import MetricsLog
 
 pytestmark = pytest.mark.slow
 
@@ -130,3 +131,17 @@ def test_resume_retrains_a_finished_run_that_does_not_match(tmp_path):
     assert all("val" in c for c in run["candidates"].values())
     steps = [json.loads(line)["step"] for line in (tmp_path / run["folder"] / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
+
+
+def test_a_grid_leaves_the_callers_thread_count_alone(tmp_path):
+    """Runs in this process use train.threads; the caller's torch thread count is back
+    after the grid (a library call must not change the caller's global torch state)."""
+    before = torch.get_num_threads()
+    threads = 2 if before == 1 else 1
+    config = small(seeds=[0], steps=1, threads=threads)
+    config["arms"] = [{"name": "head", "recipe": "head", "lr": 1e-3}]
+    seen = []
+    run_grid(parse_config(config), tmp_path,
+             reporter=lambda label, total: lambda step, metrics: seen.append(torch.get_num_threads()))
+    assert seen == [threads]
+    assert torch.get_num_threads() == before

@@ -96,7 +96,7 @@ def test_merge_by_hand(backbone, variant):
     start = r.init(backbone, seed=1)
     g = torch.Generator().manual_seed(3)
     moved = {k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in start.adapter.items()}
-    state = start._replace(adapter=moved)
+    state = start._replace(params={**start.params, "adapter": moved})
     merged = r.candidates(state, backbone)["student/student"]
     s, base = ALPHA / RANK, backbone.base()
     for t in backbone.targets:

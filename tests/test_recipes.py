@@ -262,7 +262,7 @@ def test_student_spec_errors():
 def test_gradient_solver_follows_the_task_step_schedule(backbone):
     """Law: with Gradient(k), all k updates of task step t use lr(t) — the schedule spans the
     run for any k (indexed by the optimiser's update count it would end after T/k steps)."""
-    from moil.optim import WarmupLinearDecay
+    from moil.schedules import WarmupLinearDecay
 
     base = backbone.base()
     g = torch.Generator().manual_seed(0)

@@ -1,4 +1,4 @@
-"""Tests for moil.momentum.schedules: ranges, monotonicity, end points, half-lives, errors."""
+"""Tests for moil.schedules as momentum schedules: ranges, monotonicity, end points, half-lives, errors."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from moil.momentum import (
     CosineRamp,
     HalfLife,
     LinearWarmup,
+    MomentumTarget,
     half_life_of,
 )
 
@@ -150,13 +151,13 @@ def test_constant_is_constant(value, step):
 @pytest.mark.parametrize(
     ("build", "field", "bad"),
     [
-        (lambda: Constant(1.2), "value", "1.2"),
+        (lambda: MomentumTarget(Constant(1.2)), "value", "1.2"),
         (lambda: Constant(-0.1), "value", "-0.1"),
         (lambda: Constant(float("nan")), "value", "nan"),
         (lambda: Constant(float("inf")), "value", "inf"),
         (lambda: CosineRamp(0.9, steps=0), "steps", "0"),
         (lambda: CosineRamp(1.5, steps=10), "start", "1.5"),
-        (lambda: CosineRamp(0.9, 2.0, steps=10), "end", "2.0"),
+        (lambda: MomentumTarget(CosineRamp(0.9, 2.0, steps=10)), "end", "2.0"),
         (lambda: CosineRamp(0.99, 0.9, steps=10), "start", "0.99"),
         (lambda: LinearWarmup(0.9, 0.99, 0), "steps", "0"),
         (lambda: LinearWarmup(0.9, 0.99, -5), "steps", "-5"),
@@ -169,8 +170,9 @@ def test_constant_is_constant(value, step):
     ],
 )
 def test_invalid_construction_names_field_and_value(build, field, bad):
-    """A schedule outside its domain (m in [0, 1], finite; steps >= 1; s <= e) is refused
-    when built, with a ValueError naming the field and the bad value ``field=value``."""
+    """A schedule outside its domain (finite, >= 0; steps >= 1; s <= e) is refused when
+    built, and a momentum schedule outside [0, 1] when it enters a MomentumTarget, with a
+    ValueError naming the field and the bad value ``field=value``."""
     with pytest.raises(ValueError, match=f"{field}={bad}"):
         build()
 

@@ -3,6 +3,9 @@ ALS low-rank step (its fast invertible-G route against the general one)."""
 
 from __future__ import annotations
 
+import re
+
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -106,3 +109,66 @@ def test_low_rank_step_singular_g_takes_the_general_route():
     reference = reduced_rank_regression(big.T, (tw - w0 @ big).T, 2).T
     assert torch.isfinite(n).all()
     assert_close(n, reference)
+
+
+# ----------------------------------------------------------------------------- the fits
+
+
+def _fit_case(approx, sharing):
+    """A two-block q/k/v base (fp32, q/v with bias, k without), a target 0.3 away from it."""
+    import moil.approx as ma
+
+    g = torch.Generator().manual_seed(0)
+    targets = [f"b{i}.attn.{n}" for i in range(2) for n in ("query", "key", "value")]
+    base, target = {}, {}
+    for t in targets:
+        base[f"{t}.weight"] = torch.randn(6, 5, generator=g)
+        target[f"{t}.weight"] = base[f"{t}.weight"] + 0.3 * torch.randn(6, 5, generator=g)
+        if not t.endswith("key"):
+            base[f"{t}.bias"] = torch.randn(6, generator=g)
+            target[f"{t}.bias"] = base[f"{t}.bias"] + 0.3
+    adapter = ma.Adapter(approx, targets, ma.Sharing(sharing) if sharing else None)
+    return adapter, base, target, adapter.init(base, generator=torch.Generator().manual_seed(1))
+
+
+def test_every_fitted_tensor_is_contiguous():
+    """SVDFit and ALSFit return contiguous tensors in the params' dtype (a transposed view would be
+    restored contiguous from a checkpoint, and BLAS then rounds a resumed run differently)."""
+    import moil.approx as ma
+    from moil.solvers import ALSFit, SVDFit
+
+    cases = [
+        (SVDFit(), ma.LowRank(2), None),
+        (ALSFit(iterations=2), ma.Hybrid(2), ma.TRANSFORM_KEYS),
+        (ALSFit(iterations=2), ma.Hybrid(2, transform_rank=3), None),
+        (ALSFit(), ma.Transform(2), ma.TRANSFORM_KEYS),
+    ]
+    for solver, approx, sharing in cases:
+        adapter, base, target, params = _fit_case(approx, sharing)
+        fitted = solver.fit(adapter, base, target, params)
+        assert fitted.keys() == params.keys()
+        for key, value in fitted.items():
+            assert value.is_contiguous(), (approx, key, value.stride())
+            assert value.dtype == params[key].dtype and value.shape == params[key].shape, key
+        assert any(not torch.equal(fitted[k], params[k]) for k in params)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "3", None])
+def test_als_iterations_must_be_a_positive_int(bad):
+    """ALSFit(iterations=...) is an integer >= 1; the message names the field, the value and a fix."""
+    from moil.solvers import ALSFit
+
+    with pytest.raises(ValueError, match=re.escape(f"iterations={bad!r}") + ".*iterations=8"):
+        ALSFit(iterations=bad)
+
+
+def test_als_refuses_the_output_side_by_type():
+    """The adapter after the layer has no ALS closed form: OutputTransform / OutputHybrid students
+    raise TypeError naming the class and Gradient steps."""
+    import moil.approx as ma
+    from moil.solvers import ALSFit
+
+    for approx in (ma.OutputHybrid(2), ma.OutputTransform(2), ma.LowRank(2)):
+        adapter, base, target, params = _fit_case(approx, None)
+        with pytest.raises(TypeError, match=type(approx).__name__):
+            ALSFit().fit(adapter, base, target, params)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import moil.testing as mt
-from moil.approx import Approximation, Hybrid, LowRank, Transform
+from moil.approx import Approximation, Hybrid, LowRank, OutputHybrid, OutputTransform, Transform
 from moil.testing import (
     LawViolation,
     adapter_params,
@@ -65,9 +65,10 @@ def test_weights_accepts_a_shape_strategy(w):
 @SETTINGS
 @given(approx=approximations(max_rank=3))
 def test_approximations_are_built_ins_within_max_rank(approx):
-    """approximations(max_rank) draws a LowRank, Transform or Hybrid with every rank in [1,
-    max_rank]."""
-    assert isinstance(approx, (LowRank, Transform, Hybrid)) and isinstance(approx, Approximation)
+    """approximations(max_rank) draws a LowRank, (Output)Transform or (Output)Hybrid with every
+    rank in [1, max_rank]."""
+    built_ins = (LowRank, Transform, OutputTransform, Hybrid, OutputHybrid)
+    assert isinstance(approx, built_ins) and isinstance(approx, Approximation)
     assert 1 <= approx.rank <= 3
     assert getattr(approx, "transform_rank", None) in (None, 1, 2, 3)
 
@@ -96,9 +97,9 @@ def test_adapter_params_match_init_but_are_not_init(data, approx, dtype):
     "approx",
     [
         LowRank(2),
-        Transform(1, "output"),
+        OutputTransform(1),
         Hybrid(2, transform_rank=1),
-        Hybrid(1, side="output", scale=-1.0),
+        OutputHybrid(1, scale=-1.0),
     ],
     ids=repr,
 )
@@ -110,7 +111,7 @@ def test_built_ins_pass_in_low_precision(approx):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("approx", [LowRank(2), Transform(2, "output"), Hybrid(2)], ids=repr)
+@pytest.mark.parametrize("approx", [LowRank(2), OutputTransform(2), Hybrid(2)], ids=repr)
 def test_built_ins_pass_on_cuda(approx):
     """On a CUDA w0 (CPU generators), every law holds, device included, in float32 and bfloat16."""
     check_approximation(
@@ -276,12 +277,13 @@ def test_broken_approximations_fail_naming_the_law(approx, kwargs, law):
 
 
 def test_missing_methods_fail_the_protocol_law():
-    """An object without init/weight/bias/num_params fails the 'protocol' law, listing what is
-    missing."""
+    """An object without weight/bias/num_params/shapes/weight_and_bias fails the 'protocol' law,
+    listing what is missing."""
 
     class Half:
         def init(self, w0, b0=None, *, generator=None):
             return {}
 
-    with pytest.raises(AssertionError, match=r"law 'protocol'.*\['weight', 'bias', 'num_params'\]"):
+    missing = r"\['weight', 'bias', 'num_params', 'shapes', 'weight_and_bias'\]"
+    with pytest.raises(AssertionError, match=r"law 'protocol'.*" + missing):
         check_approximation(Half())

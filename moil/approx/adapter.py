@@ -17,7 +17,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from moil.approx.protocol import Approximation
+from moil.approx.protocol import Approximation, size
 
 __all__ = ["Adapter", "Sharing", "QKV_SUFFIX", "SEP"]
 
@@ -29,6 +29,24 @@ QKV_SUFFIX = r"\.(query|key|value|q_proj|k_proj|v_proj|q|k|v)$"
 
 def _frozenset(value: Iterable[str] | str) -> frozenset[str]:
     return frozenset([value] if isinstance(value, str) else value)
+
+
+def _regex(instance, attribute, value) -> None:
+    try:
+        re.compile(value)
+    except (re.error, TypeError) as err:
+        raise ValueError(
+            f"Sharing: {attribute.name}={value!r} is not a valid regex ({err}); the default is "
+            "QKV_SUFFIX."
+        ) from None
+
+
+def _targets(instance, attribute, value: tuple[str, ...]) -> None:
+    if not value:
+        raise ValueError("Adapter: targets is empty; name at least one linear layer.")
+    twice = sorted({t for t in value if value.count(t) > 1})
+    if twice:
+        raise ValueError(f"Adapter: targets listed twice: {twice}; list each layer once.")
 
 
 @attrs.frozen
@@ -50,17 +68,34 @@ class Sharing:
     """
 
     keys: frozenset[str] = attrs.field(converter=_frozenset)
-    strip: str = QKV_SUFFIX
-
-    def __attrs_post_init__(self) -> None:
-        try:
-            re.compile(self.strip)
-        except re.error as err:
-            raise ValueError(f"Sharing: strip={self.strip!r} is not a valid regex ({err}).") from None
+    strip: str = attrs.field(default=QKV_SUFFIX, validator=_regex)
 
     def group(self, target: str) -> str:
         """The group name of ``target``."""
         return re.sub(self.strip, "", target, count=1) or target
+
+    def groups(self, targets: Iterable[str]) -> dict[str, tuple[str, ...]]:
+        """Group name → its member targets, in ``targets``' order (singletons included)."""
+        out: dict[str, list[str]] = {}
+        for t in targets:
+            out.setdefault(self.group(t), []).append(t)
+        return {g: tuple(ts) for g, ts in out.items()}
+
+    def check_widths(self, widths: Mapping[str, int], owner: str) -> None:
+        """Raise unless the members of each group read inputs of one width.
+
+        Args:
+          widths: target → its input width ``in_features``.
+          owner: who checks, for the message (``"Adapter"``, ``"Backbone"``).
+        """
+        for group, members in self.groups(widths).items():
+            seen = {t: widths[t] for t in members}
+            if len(set(seen.values())) > 1:
+                raise ValueError(
+                    f"{owner}: sharing group {group!r} mixes input widths: its members read "
+                    f"different widths {seen}, but {sorted(self.keys)} may be shared only by "
+                    "layers that read the same input — change Sharing.strip or pass sharing=None."
+                )
 
 
 @attrs.frozen
@@ -89,17 +124,12 @@ class Adapter:
     """
 
     approx: Approximation
-    targets: tuple[str, ...] = attrs.field(converter=tuple)
+    targets: tuple[str, ...] = attrs.field(converter=tuple, validator=_targets)
     sharing: Sharing | None = None
 
     def __attrs_post_init__(self) -> None:
-        if not self.targets:
-            raise ValueError("Adapter: targets is empty; name at least one linear layer.")
-        duplicates = sorted({t for t in self.targets if self.targets.count(t) > 1})
-        if duplicates:
-            raise ValueError(f"Adapter: targets listed twice: {duplicates}.")
         if self.sharing is not None:
-            allowed = frozenset(getattr(self.approx, "shareable", frozenset()))
+            allowed = self.approx.shareable
             bad = sorted(self.sharing.keys - allowed)
             if bad:
                 raise ValueError(
@@ -118,20 +148,24 @@ class Adapter:
             return self.sharing.group(target)
         return target
 
+    def key(self, target: str, name: str) -> str:
+        """The flat key of parameter ``name`` of ``target``: ``"<owner>::<name>"``."""
+        return f"{self.owner(target, name)}{SEP}{name}"
+
     def groups(self) -> dict[str, tuple[str, ...]]:
         """Sharing groups: group name → member targets (singletons included)."""
-        out: dict[str, list[str]] = {}
-        for t in self.targets:
-            out.setdefault(self.sharing.group(t) if self.sharing else t, []).append(t)
-        return {g: tuple(ts) for g, ts in out.items()}
+        if self.sharing is None:
+            return {t: (t,) for t in self.targets}
+        return self.sharing.groups(self.targets)
 
     def target_params(self, params: Mapping[str, Tensor], target: str) -> dict[str, Tensor]:
         """The parameters one target's approximation sees (own ∪ shared), keys bare."""
-        return self._views(params)[target]
+        return self.views(params)[target]
 
-    def _views(self, params: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
-        # One pass over the flat dict: bucket by owner, then give each target its
-        # own bucket plus the shared keys of its group's bucket.
+    def views(self, params: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+        """Every target's :meth:`target_params` from one pass over ``params``."""
+        # Bucket by owner, then give each target its own bucket plus the shared
+        # keys of its group's bucket.
         by_owner: dict[str, dict[str, Tensor]] = {}
         for key, value in params.items():
             owner, sep, name = key.rpartition(SEP)
@@ -151,6 +185,24 @@ class Adapter:
         return views
 
     # -- the contract, lifted to many targets -------------------------------
+    def shapes(self, base: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
+        """``{"<owner>::<name>": shape}`` of every parameter :meth:`init` makes for ``base``,
+        a shared one once per group, in :meth:`init`'s order.
+
+        Raises:
+          KeyError: a target has no ``"<t>.weight"`` in ``base``.
+          ValueError: a rank does not fit a layer, or a group mixes input widths.
+        """
+        self._check_base(base)
+        if self.sharing is not None:
+            widths = {t: base[f"{t}.weight"].shape[1] for t in self.targets}
+            self.sharing.check_widths(widths, "Adapter")
+        out: dict[str, tuple[int, ...]] = {}
+        for t in self.targets:
+            for name, shape in self.approx.shapes(*base[f"{t}.weight"].shape).items():
+                out.setdefault(self.key(t, name), tuple(shape))
+        return out
+
     def init(
         self, base: Mapping[str, Tensor], *, generator: torch.Generator | None = None
     ) -> dict[str, Tensor]:
@@ -158,13 +210,12 @@ class Adapter:
 
         Deterministic for a seeded ``generator``: targets are visited in order.
         """
-        self._check_base(base)
-        self._check_groups(base)
+        self.shapes(base)  # every check, before any tensor is drawn
         params: dict[str, Tensor] = {}
         for t in self.targets:
             fresh = self.approx.init(base[f"{t}.weight"], base.get(f"{t}.bias"), generator=generator)
             for name, value in fresh.items():
-                params.setdefault(f"{self.owner(t, name)}{SEP}{name}", value)
+                params.setdefault(self.key(t, name), value)
         return params
 
     def merge(self, params: Mapping[str, Tensor], base: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -176,14 +227,9 @@ class Adapter:
         """
         self._check_base(base)
         out: dict[str, Tensor] = {}
-        views = self._views(params)
+        views = self.views(params)
         for t in self.targets:
-            p, w0, b0 = views[t], base[f"{t}.weight"], base.get(f"{t}.bias")
-            both = getattr(self.approx, "weight_and_bias", None)
-            if both is not None:
-                w, b = both(p, w0, b0)
-            else:
-                w, b = self.approx.weight(p, w0), self.approx.bias(p, w0, b0)
+            w, b = self.approx.weight_and_bias(views[t], base[f"{t}.weight"], base.get(f"{t}.bias"))
             out[f"{t}.weight"] = w
             if b is not None:
                 out[f"{t}.bias"] = b
@@ -191,18 +237,7 @@ class Adapter:
 
     def num_params(self, base: Mapping[str, Tensor]) -> int:
         """Stored parameters: each target's count, with shared ones counted once."""
-        self._check_base(base)
-        shapes = {}
-        for t in self.targets:
-            out_f, in_f = base[f"{t}.weight"].shape
-            per = getattr(self.approx, "shapes", None)
-            if per is None:  # a user approximation without shapes(): count init's tensors
-                per_t = {k: tuple(v.shape) for k, v in self.approx.init(base[f"{t}.weight"]).items()}
-            else:
-                per_t = per(out_f, in_f)
-            for name, shape in per_t.items():
-                shapes.setdefault(f"{self.owner(t, name)}{SEP}{name}", shape)
-        return sum(int(torch.Size(s).numel()) for s in shapes.values())
+        return size(self.shapes(base))
 
     # -- validation ---------------------------------------------------------
     def _check_base(self, base: Mapping[str, Tensor]) -> None:
@@ -214,15 +249,3 @@ class Adapter:
                 f"Adapter: no weight for target(s) {missing[:5]} in the base parameters"
                 + (f"; did you mean {hint}?" if hint else "; check the target names.")
             )
-
-    def _check_groups(self, base: Mapping[str, Tensor]) -> None:
-        if self.sharing is None:
-            return
-        for group, members in self.groups().items():
-            widths = {t: base[f"{t}.weight"].shape[1] for t in members}
-            if len(set(widths.values())) > 1:
-                raise ValueError(
-                    f"Adapter: group {group!r} shares {sorted(self.sharing.keys)} but its "
-                    f"members read inputs of different widths {widths}; only layers that read "
-                    "the same input can share parameters — adjust Sharing.strip."
-                )

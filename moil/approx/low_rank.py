@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Mapping
 
 import attrs
@@ -10,16 +9,27 @@ import torch
 from torch import Tensor
 
 from moil.approx.protocol import (
-    check_params,
+    check_call,
     check_rank,
     check_weight,
     finite_scale,
     kaiming_uniform,
-    positive_rank,
+    positive_int,
+    size,
     zeros,
 )
 
-__all__ = ["LowRank"]
+__all__ = ["LowRank", "low_rank_shapes", "low_rank_weight"]
+
+
+def low_rank_shapes(rank: int, out_features: int, in_features: int) -> dict[str, tuple[int, ...]]:
+    """``{"lora_a": (r, in), "lora_b": (out, r)}`` (unchecked)."""
+    return {"lora_a": (rank, in_features), "lora_b": (out_features, rank)}
+
+
+def low_rank_weight(params: Mapping[str, Tensor], w0: Tensor, scale: float) -> Tensor:
+    """``W0 + s·B A``, shape ``(out, in)``, unchecked: one fused ``addmm``, no temporaries."""
+    return torch.addmm(w0, params["lora_b"], params["lora_a"], alpha=scale)
 
 
 @attrs.frozen
@@ -42,7 +52,7 @@ class LowRank:
       True
     """
 
-    rank: int = attrs.field(validator=positive_rank)
+    rank: int = attrs.field(validator=positive_int)
     scale: float = attrs.field(default=1.0, validator=finite_scale)
 
     shareable = frozenset({"lora_a"})  # A reads only the input side.
@@ -50,30 +60,35 @@ class LowRank:
     def shapes(self, out_features: int, in_features: int) -> dict[str, tuple[int, ...]]:
         """Parameter shapes for an ``(out, in)`` weight."""
         check_rank("rank", self.rank, out_features, in_features)
-        return {"lora_a": (self.rank, in_features), "lora_b": (out_features, self.rank)}
+        return low_rank_shapes(self.rank, out_features, in_features)
 
     def init(
         self, w0: Tensor, b0: Tensor | None = None, *, generator: torch.Generator | None = None
     ) -> dict[str, Tensor]:
         """Fresh ``{"lora_a": (r, in), "lora_b": (out, r)}`` on ``w0``'s device and dtype."""
-        out_features, in_features = check_weight(w0, b0)
-        shapes = self.shapes(out_features, in_features)
+        shapes = self.shapes(*check_weight(w0, b0))
         return {
             "lora_a": kaiming_uniform(shapes["lora_a"], w0, generator),
             "lora_b": zeros(shapes["lora_b"], w0),
         }
 
     def weight(self, params: Mapping[str, Tensor], w0: Tensor) -> Tensor:
-        """``W0 + s·B A``, shape ``(out, in)``; one fused ``addmm``, no extra temporaries."""
-        check_weight(w0)
-        check_params("LowRank", params, self.shapes(*w0.shape), w0)
-        return torch.addmm(w0, params["lora_b"], params["lora_a"], alpha=self.scale)
+        """``W0 + s·B A``, shape ``(out, in)``."""
+        check_call(self, params, w0)
+        return low_rank_weight(params, w0, self.scale)
 
     def bias(self, params: Mapping[str, Tensor], w0: Tensor, b0: Tensor | None) -> Tensor | None:
         """``b0`` unchanged (``None`` stays ``None``)."""
         check_weight(w0, b0)
         return b0
 
+    def weight_and_bias(
+        self, params: Mapping[str, Tensor], w0: Tensor, b0: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """``(W0 + s·B A, b0)``, through :meth:`weight` and :meth:`bias` (a subclass
+        overriding either is merged as it computes)."""
+        return self.weight(params, w0), self.bias(params, w0, b0)
+
     def num_params(self, out_features: int, in_features: int) -> int:
         """``r·(in + out)``."""
-        return sum(math.prod(s) for s in self.shapes(out_features, in_features).values())
+        return size(self.shapes(out_features, in_features))

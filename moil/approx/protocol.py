@@ -17,9 +17,14 @@ from torch import Tensor
 
 __all__ = [
     "Approximation",
+    "check_call",
     "check_rank",
     "check_params",
+    "check_weight",
+    "finite_scale",
     "kaiming_uniform",
+    "positive_int",
+    "size",
     "xavier_uniform",
 ]
 
@@ -28,20 +33,29 @@ __all__ = [
 class Approximation(Protocol):
     """What moil needs from an approximation function.
 
-    * ``init(w0, b0=None, *, generator=None) -> dict[str, Tensor]`` — fresh
-      adapter parameters, on ``w0``'s device and dtype; with the reference
-      initialisation ``weight(init(w0), w0) == w0`` exactly.
-    * ``weight(params, w0) -> Tensor`` — ``Ŵ``, shape ``(out, in)``, dtype of ``w0``.
-    * ``bias(params, w0, b0) -> Tensor | None`` — ``b̂``, shape ``(out,)``; ``None``
-      only when ``b0`` is ``None`` and the approximation adds no bias.
-    * ``num_params(out_features, in_features) -> int`` — stored parameters for
-      one weight (the sum of the sizes of ``init``'s tensors).
     * ``shareable: frozenset[str]`` — names of parameters whose shape and role
       depend only on the layer's *input*, so layers reading the same input may
       share them (see :class:`moil.approx.Sharing`). May be empty.
+    * ``shapes(out_features, in_features) -> dict[str, tuple[int, ...]]`` — the
+      key and shape of every parameter ``init`` makes for an ``(out, in)`` weight;
+      raises ``ValueError`` if a rank cannot be realised on it.
+    * ``init(w0, b0=None, *, generator=None) -> dict[str, Tensor]`` — fresh
+      adapter parameters of those shapes, on ``w0``'s device and dtype; with the
+      reference initialisation ``weight(init(w0), w0) == w0`` exactly.
+    * ``weight(params, w0) -> Tensor`` — ``Ŵ``, shape ``(out, in)``, dtype of ``w0``.
+    * ``bias(params, w0, b0) -> Tensor | None`` — ``b̂``, shape ``(out,)``; ``None``
+      only when ``b0`` is ``None`` and the approximation adds no bias.
+    * ``weight_and_bias(params, w0, b0) -> (Ŵ, b̂)`` — both at once, equal to
+      ``(weight(...), bias(...))``; what :meth:`moil.approx.Adapter.merge` calls, so
+      an approximation may share work and checks between the two (``Hybrid``
+      forms ``W0 + s·B A`` once).
+    * ``num_params(out_features, in_features) -> int`` — stored parameters for
+      one weight (the total size of ``shapes``).
     """
 
     shareable: frozenset[str]
+
+    def shapes(self, out_features: int, in_features: int) -> dict[str, tuple[int, ...]]: ...
 
     def init(
         self, w0: Tensor, b0: Tensor | None = None, *, generator: torch.Generator | None = None
@@ -51,11 +65,15 @@ class Approximation(Protocol):
 
     def bias(self, params: Mapping[str, Tensor], w0: Tensor, b0: Tensor | None) -> Tensor | None: ...
 
+    def weight_and_bias(
+        self, params: Mapping[str, Tensor], w0: Tensor, b0: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]: ...
+
     def num_params(self, out_features: int, in_features: int) -> int: ...
 
 
-def positive_rank(instance, attribute, value) -> None:
-    """attrs validator: a rank is an int ≥ 1."""
+def positive_int(instance, attribute, value) -> None:
+    """attrs validator: an integer ≥ 1 (a bool is refused); ``None`` too when it is the default."""
     if value is None and attribute.default is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -144,6 +162,16 @@ def check_params(
             )
 
 
+def check_call(
+    approx: Approximation, params: Mapping[str, Tensor], w0: Tensor, b0: Tensor | None = None
+) -> None:
+    """Validate the inputs of one public ``weight``/``bias``/``weight_and_bias`` call, once:
+    ``w0`` (and ``b0``) by :func:`check_weight`, then every parameter ``approx.shapes``
+    names by :func:`check_params`. The formulas behind it run unchecked."""
+    check_weight(w0, b0)
+    check_params(type(approx).__name__, params, approx.shapes(*w0.shape), w0)
+
+
 def kaiming_uniform(
     shape: tuple[int, int], like: Tensor, generator: torch.Generator | None
 ) -> Tensor:
@@ -173,3 +201,8 @@ def _uniform(
 
 def zeros(shape: tuple[int, ...], like: Tensor) -> Tensor:
     return torch.zeros(shape, dtype=like.dtype, device=like.device)
+
+
+def size(shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """The number of stored values in tensors of ``shapes``: ``Σ_k Π shape_k``."""
+    return sum(math.prod(s) for s in shapes.values())

@@ -1,12 +1,14 @@
 """Backbones: an unmodified transformers model as frozen tensors, targets, heads and a pure forward.
 
 :class:`Backbone` drives the user's model with ``torch.func.functional_call``;
-:func:`from_model` builds one for any model from target/head patterns. One
-module per family builds the reference setup (q/k/v targets, q/k/v sharing,
-task heads) for its transformers task classes: :mod:`~moil.backbones.vilt`,
-:mod:`~moil.backbones.bridgetower`, :mod:`~moil.backbones.visualbert`,
-:mod:`~moil.backbones.clip`. :mod:`~moil.backbones.checks` verifies the
-contract (model untouched, forward equal to a directly-run copy).
+:func:`from_model` builds one for any model from target/head patterns. A
+*family* (:mod:`~moil.backbones.family`) is the reference setup as data — q/k/v
+targets and their sharing, and per task its transformers class, heads, inputs and
+outputs — over one builder; one module per family holds it and what is its own:
+:mod:`~moil.backbones.vilt`, :mod:`~moil.backbones.bridgetower`,
+:mod:`~moil.backbones.visualbert`, :mod:`~moil.backbones.clip`
+(``get_family("vilt")`` looks one up by name). :mod:`~moil.backbones.checks`
+verifies the contract (model untouched, forward equal to a directly-run copy).
 
 Example:
   >>> import torch
@@ -22,6 +24,7 @@ Example:
 
 from moil.backbones.base import Backbone, auto_sharing, from_model
 from moil.backbones.calls import LABEL_KEYS, Logits, SelectInputs, forward_inputs, logits_of
+from moil.backbones.family import FAMILIES, Family, Task, get_family
 from moil.backbones.targets import (
     Linear,
     combine,
@@ -34,7 +37,11 @@ from moil.backbones.targets import (
 
 __all__ = [
     "Backbone",
+    "FAMILIES",
+    "Family",
+    "Task",
     "from_model",
+    "get_family",
     "select_targets",
     "select_params",
     "linear_layers",

@@ -19,7 +19,7 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from moil.approx import Adapter, Sharing, TRANSFORM_KEYS
+from moil.approx import TRANSFORM_KEYS, Adapter, Approximation, Sharing
 from moil.backbones.calls import Logits, forward_inputs
 from moil.backbones.targets import Linear, Patterns, linear_layers, select_params, select_targets
 
@@ -106,21 +106,8 @@ class Backbone:
                 raise ValueError(f"Backbone: passthrough {key!r} names {name!r}, not a model parameter.")
         object.__setattr__(self, "_layers", layers)
         object.__setattr__(self, "_names", names)
-        self._check_sharing()
-
-    def _check_sharing(self) -> None:
-        if self.sharing is None:
-            return
-        groups: dict[str, list[str]] = {}
-        for t in self.targets:
-            groups.setdefault(self.sharing.group(t), []).append(t)
-        for group, members in groups.items():
-            widths = {t: self._layers[t].in_features for t in members}
-            if len(set(widths.values())) > 1:
-                raise ValueError(
-                    f"Backbone: sharing group {group!r} mixes input widths {widths}; only layers that "
-                    "read the same input may share — change Sharing.strip or pass sharing=None."
-                )
+        if self.sharing is not None:
+            self.sharing.check_widths({t: info.in_features for t, info in layers.items()}, "Backbone")
 
     # -- tensors --------------------------------------------------------------
     def target_keys(self) -> tuple[str, ...]:
@@ -225,12 +212,12 @@ class Backbone:
             result[key] = full[name]
         return result
 
-    def adapter(self, approx) -> Adapter:
+    def adapter(self, approx: Approximation) -> Adapter:
         """An :class:`~moil.approx.Adapter` of ``approx`` over the targets, sharing only
-        what ``approx`` declares shareable (none for ``LowRank``)."""
+        what ``approx`` declares shareable (none of the transform for ``LowRank``)."""
         sharing = self.sharing
         if sharing is not None:
-            keys = sharing.keys & frozenset(getattr(approx, "shareable", frozenset()))
+            keys = sharing.keys & approx.shareable
             sharing = Sharing(keys, strip=sharing.strip) if keys else None
         return Adapter(approx, self.targets, sharing)
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import attrs
-import torch
 from torch import Tensor
 from transformers import (
     BridgeTowerConfig,
@@ -34,12 +32,10 @@ from transformers import (
 )
 
 from moil.approx import TRANSFORM_KEYS, Sharing
-from moil.backbones.base import Backbone, auto_sharing
 from moil.backbones.calls import Logits, SelectInputs
-from moil.backbones.family import family_patterns, seeded, task_of
-from moil.backbones.targets import Patterns, select_params, select_targets
+from moil.backbones.family import Family, Task
 
-__all__ = ["build", "from_pretrained", "tiny", "QKV", "MLP", "STRIP", "SHARING", "TASKS"]
+__all__ = ["FAMILY", "build", "from_pretrained", "tiny", "QKV", "MLP", "STRIP", "SHARING", "TASKS"]
 
 _B = r"bridgetower\."
 _TEXT = _B + r"text_model\.encoder\.layer\.\d+"
@@ -61,107 +57,58 @@ MLP = (
 #: cross-attention, whose query reads another input than its key and value.
 STRIP = r"(?<!crossattention\.self)\.query$|\.(?:key|value)$"
 SHARING = Sharing(TRANSFORM_KEYS, strip=STRIP)
-POOLERS = ("bridgetower.cross_modal_image_pooler", "bridgetower.cross_modal_text_pooler")
+_POOLERS = {"pooler": ("bridgetower.cross_modal_image_pooler", "bridgetower.cross_modal_text_pooler")}
 _KEYS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "pixel_mask")
+
+
 
 
 def contrastive_outputs(out: Any, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """``text_embeds``, ``image_embeds``, ``cross_embeds`` ``(B, D)`` (L2-normalised)."""
-    return {"text_embeds": out.text_embeds, "image_embeds": out.image_embeds, "cross_embeds": out.cross_embeds}
-
-
-@attrs.frozen
-class _Task:
-    cls: type
-    heads: tuple[str, ...]
-    outputs: Any
-    inputs: SelectInputs
-    passthrough: tuple[tuple[str, str], ...] = ()
+    return {k: getattr(out, k) for k in ("text_embeds", "image_embeds", "cross_embeds")}
 
 
 _REQUIRED = ("input_ids", "pixel_values")
 TASKS = {
-    "itm": _Task(
-        BridgeTowerForImageAndTextRetrieval, ("itm_score",), Logits("itm_logits"),
-        SelectInputs(_KEYS, _REQUIRED, (("return_dict", True),)),
+    "itm": Task(
+        BridgeTowerForImageAndTextRetrieval, Logits("itm_logits"),
+        SelectInputs(_KEYS, _REQUIRED, (("return_dict", True),)), ("itm_score",), _POOLERS,
     ),
-    "contrastive": _Task(
-        BridgeTowerForContrastiveLearning,
-        ("itc_text_head", "itc_image_head", "itc_cross_modal_head", "logit_scale"),
-        contrastive_outputs,
+    "contrastive": Task(
+        BridgeTowerForContrastiveLearning, contrastive_outputs,
         SelectInputs(_KEYS, _REQUIRED, (("return_dict", True), ("output_hidden_states", True))),
-        (("logit_scale", "logit_scale"),),
+        ("itc_text_head", "itc_image_head", "itc_cross_modal_head", "logit_scale"), _POOLERS,
+        passthrough=(("logit_scale", "logit_scale"),),
+        # not BridgeTowerConfig fields in transformers 5.24: set them
+        tiny={"contrastive_hidden_size": 16, "logit_scale_init_value": 2.6592},
     ),
 }
 
-
-def build(
-    model: torch.nn.Module,
-    targets: Patterns | None = None,
-    *,
-    mlp: bool = False,
-    pooler: bool = True,
-    exclude: Patterns = (),
-) -> Backbone:
-    """A :class:`Backbone` for a BridgeTower task model.
-
-    Args:
-      model: ``BridgeTowerForImageAndTextRetrieval`` or ``BridgeTowerForContrastiveLearning``.
-      targets: patterns; default :data:`QKV` (3 per text layer, 6 per cross-modal
-        layer of each stack, 1 fused per vision layer).
-      mlp: also adapt the MLP linears (default targets only).
-      pooler: train the cross-modal poolers with the head (default) or freeze them.
-      exclude: patterns of layers to leave out.
-    """
-    task = task_of(model, {t.cls: t for t in TASKS.values()}, "bridgetower")
-    chosen = select_targets(model, family_patterns(QKV, MLP, targets, mlp), exclude)
-    heads = select_params(model, task.heads + (POOLERS if pooler else ()))
-    return Backbone(
-        model, chosen, heads, auto_sharing(chosen, SHARING), task.inputs, task.outputs,
-        dict(task.passthrough),
-    )
-
-
-def from_pretrained(
-    path_or_id: str,
-    task: str = "itm",
-    *,
-    targets: Patterns | None = None,
-    mlp: bool = False,
-    pooler: bool = True,
-    exclude: Patterns = (),
-    **kwargs: Any,
-) -> Backbone:
-    """Load a BridgeTower checkpoint (local folder or hub id you have) as a :class:`Backbone`."""
-    model = _spec(task).cls.from_pretrained(path_or_id, **kwargs).eval()
-    return build(model, targets, mlp=mlp, pooler=pooler, exclude=exclude)
-
-
-def tiny(task: str = "itm", *, seed: int = 0, **overrides: Any) -> torch.nn.Module:
-    """A small random-init BridgeTower task model in eval mode: hidden 64 throughout
-    (the vision ``nn.MultiheadAttention`` has ``hidden // 64`` heads, so 64 is the
-    least; transformers' BridgeTower builds the cross-modal layers from the text
-    config and adds text-width embeddings to vision states, so the three widths
-    must agree), 2 text / vision / cross-modal layers, vocabulary 99, 32×32
-    images, 16×16 patches. ``overrides`` update the top-level config."""
-    spec = _spec(task)
-    text = dict(
+_TEXT_TINY = dict(
+    hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+    vocab_size=99, max_position_embeddings=40, hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
+#: BridgeTower as data. Default targets :data:`QKV`: 3 per text layer, 6 per cross-modal
+#: layer of each stack, 1 fused per vision layer. Tiny: hidden 64 throughout (the vision
+#: ``nn.MultiheadAttention`` has ``hidden // 64`` heads, so 64 is the least; transformers'
+#: BridgeTower builds the cross-modal layers from the text config and adds text-width
+#: embeddings to vision states, so the three widths must agree), 2 text / vision /
+#: cross-modal layers, vocabulary 99, 32×32 images, 16×16 patches; ``overrides`` of
+#: :meth:`~moil.backbones.family.Family.tiny` update the top-level config.
+FAMILY = Family(
+    "bridgetower", BridgeTowerConfig, QKV, MLP, TASKS,
+    tiny_config=dict(
+        text_config=_TEXT_TINY,
+        vision_config=dict(hidden_size=64, num_hidden_layers=2, image_size=32, patch_size=16),
         hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-        vocab_size=99, max_position_embeddings=40, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    vision = dict(hidden_size=64, num_hidden_layers=2, image_size=32, patch_size=16)
-    config = dict(
-        text_config=text, vision_config=vision, hidden_size=64, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=37,
-    )
-    if task == "contrastive":  # not BridgeTowerConfig fields in transformers 5.24: set them
-        config.update(contrastive_hidden_size=16, logit_scale_init_value=2.6592)
-    config.update(overrides)
-    return seeded(spec.cls, BridgeTowerConfig(**config), seed)
+    ),
+    sharing=SHARING,
+)
 
-
-def _spec(task: str) -> _Task:
-    if task not in TASKS:
-        raise ValueError(f"bridgetower: task must be one of {sorted(TASKS)}, got task={task!r}.")
-    return TASKS[task]
+#: ``build(model, targets=None, *, task=None, mlp=False, exclude=(), pooler=True)``.
+build = FAMILY.build
+#: ``from_pretrained(path_or_id, task="itm", ...)``: load a BridgeTower checkpoint.
+from_pretrained = FAMILY.from_pretrained
+#: ``tiny(task="itm", *, seed=0, **overrides)``: a small random-init model.
+tiny = FAMILY.tiny

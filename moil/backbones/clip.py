@@ -21,13 +21,12 @@ import torch
 from torch import Tensor
 from transformers import CLIPConfig, CLIPModel
 
-from moil.approx import TRANSFORM_KEYS, Sharing
-from moil.backbones.base import Backbone, auto_sharing
+from moil.backbones.base import Backbone
 from moil.backbones.calls import SelectInputs
-from moil.backbones.family import family_patterns, seeded, task_of
-from moil.backbones.targets import Patterns, select_params, select_targets
+from moil.backbones.family import Family, Task
 
 __all__ = [
+    "FAMILY",
     "build",
     "from_pretrained",
     "tiny",
@@ -52,63 +51,38 @@ def contrastive_outputs(out: Any, batch: Mapping[str, Tensor]) -> dict[str, Tens
     return {"image_embeds": out.image_embeds, "text_embeds": out.text_embeds}
 
 
-def build(
-    model: CLIPModel,
-    targets: Patterns | None = None,
-    *,
-    mlp: bool = False,
-    projections: bool = False,
-    exclude: Patterns = (),
-) -> Backbone:
-    """A :class:`Backbone` for a ``CLIPModel``.
-
-    Args:
-      model: a ``CLIPModel``; only read.
-      targets: patterns; default q/k/v of both towers (``3 × layers`` per tower).
-      mlp: also adapt each layer's ``mlp.fc1``/``mlp.fc2`` (default targets only).
-      projections: also train ``visual_projection``/``text_projection`` as heads.
-      exclude: patterns of layers to leave out.
-    """
-    task_of(model, {CLIPModel: None}, "clip")
-    chosen = select_targets(model, family_patterns(QKV, MLP, targets, mlp), exclude)
-    heads = select_params(
-        model, ("logit_scale",) + (("visual_projection", "text_projection") if projections else ())
-    )
-    return Backbone(
-        model, chosen, heads, auto_sharing(chosen, Sharing(TRANSFORM_KEYS)), INPUTS,
-        contrastive_outputs, {"logit_scale": "logit_scale"},
-    )
-
-
-def from_pretrained(
-    path_or_id: str,
-    *,
-    targets: Patterns | None = None,
-    mlp: bool = False,
-    projections: bool = False,
-    exclude: Patterns = (),
-    **kwargs: Any,
-) -> Backbone:
-    """Load a CLIP checkpoint (local folder or hub id you have) as a :class:`Backbone`."""
-    model = CLIPModel.from_pretrained(path_or_id, **kwargs).eval()
-    return build(model, targets, mlp=mlp, projections=projections, exclude=exclude)
-
-
-def tiny(*, seed: int = 0, projection_dim: int = 16, **overrides: Any) -> CLIPModel:
-    """A small random-init ``CLIPModel`` in eval mode: both towers hidden 32, 2 layers,
-    2 heads; vocabulary 99, text up to 16 tokens (pooled at the largest token id,
-    ``eos_token_id=2``); 32×32 images, 16×16 patches; embeddings of width 16."""
-    tower = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
-    config = dict(
+_TOWER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
+#: CLIP as data: one task, ``CLIPModel``'s contrastive outputs; ``projections=True``
+#: also trains the two projections. Tiny: both towers hidden 32, 2 layers, 2 heads;
+#: vocabulary 99, text up to 16 tokens (pooled at the largest token id,
+#: ``eos_token_id=2``); 32×32 images, 16×16 patches; embeddings of width 16
+#: (``projection_dim``).
+FAMILY = Family(
+    "clip", CLIPConfig, QKV, MLP,
+    {"contrastive": Task(
+        CLIPModel, contrastive_outputs, INPUTS, ("logit_scale",),
+        {"projections": ("visual_projection", "text_projection")},
+        passthrough=(("logit_scale", "logit_scale"),),
+    )},
+    tiny_config=dict(
         text_config=dict(
-            tower, vocab_size=99, max_position_embeddings=16, bos_token_id=0, eos_token_id=2,
+            _TOWER, vocab_size=99, max_position_embeddings=16, bos_token_id=0, eos_token_id=2,
             pad_token_id=1,
         ),
-        vision_config=dict(tower, image_size=32, patch_size=16),
-        projection_dim=projection_dim,
-    )
-    config.update(overrides)
-    return seeded(CLIPModel, CLIPConfig(**config), seed)
+        vision_config=dict(_TOWER, image_size=32, patch_size=16),
+        projection_dim=16,
+    ),
+    options={"projections": False},
+)
+
+#: ``build(model, targets=None, *, mlp=False, exclude=(), projections=False)``: a
+#: :class:`~moil.backbones.Backbone` for a ``CLIPModel``; default targets the q/k/v of
+#: both towers (``3 × layers`` per tower).
+build = FAMILY.build
+#: ``from_pretrained(path_or_id, ...)``: load a CLIP checkpoint.
+from_pretrained = FAMILY.from_pretrained
+#: ``tiny(*, seed=0, projection_dim=16, **overrides)``: a small random-init ``CLIPModel``.
+tiny = FAMILY.tiny
 
 
 # -- zero-shot classification ----------------------------------------------------

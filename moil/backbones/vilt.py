@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import attrs
 import torch
 from torch import Tensor
 from transformers import (
@@ -40,19 +39,15 @@ from transformers import (
     ViltForQuestionAnswering,
 )
 
-from moil.approx import TRANSFORM_KEYS, Sharing
-from moil.backbones.base import Backbone, auto_sharing
 from moil.backbones.calls import Logits, SelectInputs, logits_of
-from moil.backbones.family import family_patterns, seeded, task_of
-from moil.backbones.targets import Patterns, select_params, select_targets
+from moil.backbones.family import Family, Task
 
-__all__ = ["build", "from_pretrained", "tiny", "itm_logits", "QKV", "MLP", "TASKS"]
+__all__ = ["FAMILY", "build", "from_pretrained", "tiny", "itm_logits", "QKV", "MLP", "TASKS"]
 
 #: The attention q/k/v of every ViLT layer.
 QKV = r"vilt\.encoder\.layer\.\d+\.attention\.attention\.(query|key|value)"
 #: The two MLP linears of every layer (not ``attention.output.dense``).
 MLP = r"vilt\.encoder\.layer\.\d+\.(intermediate|output)\.dense"
-POOLER = ("vilt.pooler",)
 INPUTS = SelectInputs(
     ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "pixel_mask"),
     required=("input_ids", "pixel_values"),
@@ -69,86 +64,32 @@ def itm_logits(out: Any, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {"itm_logits": torch.cat([torch.zeros_like(s), s], dim=-1)}
 
 
-@attrs.frozen
-class _Task:
-    cls: type
-    heads: tuple[str, ...]
-    outputs: Any
-
-
+_POOLER = {"pooler": ("vilt.pooler",)}
 TASKS = {
-    "itm": _Task(ViltForImageAndTextRetrieval, ("rank_output",), itm_logits),
-    "vqa": _Task(ViltForQuestionAnswering, ("classifier",), Logits("vqa_logits")),
-    "nlvr2": _Task(ViltForImagesAndTextClassification, ("classifier",), Logits("pair_logits")),
+    "itm": Task(ViltForImageAndTextRetrieval, itm_logits, INPUTS, ("rank_output",), _POOLER),
+    "vqa": Task(ViltForQuestionAnswering, Logits("vqa_logits"), INPUTS, ("classifier",), _POOLER,
+                answers=True),
+    "nlvr2": Task(ViltForImagesAndTextClassification, Logits("pair_logits"), INPUTS, ("classifier",),
+                  _POOLER, tiny={"num_images": 2, "modality_type_vocab_size": 3, "num_labels": 2}),
 }
 
-
-def build(
-    model: torch.nn.Module,
-    targets: Patterns | None = None,
-    *,
-    mlp: bool = False,
-    pooler: bool = True,
-    exclude: Patterns = (),
-) -> Backbone:
-    """A :class:`Backbone` for a ViLT task model (``itm``, ``vqa`` or ``nlvr2``).
-
-    Args:
-      model: a ``ViltForImageAndTextRetrieval``, ``ViltForQuestionAnswering`` or
-        ``ViltForImagesAndTextClassification``; only read.
-      targets: patterns (see :func:`~moil.backbones.select_targets`); default the
-        q/k/v of every layer (``3 × num_hidden_layers`` targets).
-      mlp: also adapt each layer's two MLP linears (default targets only).
-      pooler: train ``vilt.pooler`` with the head (default) or keep it frozen.
-      exclude: patterns of layers to leave out.
-    """
-    task = task_of(model, {t.cls: t for t in TASKS.values()}, "vilt")
-    chosen = select_targets(model, family_patterns(QKV, MLP, targets, mlp), exclude)
-    heads = select_params(model, task.heads + (POOLER if pooler else ()))
-    sharing = auto_sharing(chosen, Sharing(TRANSFORM_KEYS))
-    return Backbone(model, chosen, heads, sharing, INPUTS, task.outputs)
-
-
-def from_pretrained(
-    path_or_id: str,
-    task: str = "itm",
-    *,
-    targets: Patterns | None = None,
-    mlp: bool = False,
-    pooler: bool = True,
-    exclude: Patterns = (),
-    **kwargs: Any,
-) -> Backbone:
-    """Load a ViLT checkpoint (a local folder or a hub id you have) as a task :class:`Backbone`.
-
-    ``kwargs`` go to ``from_pretrained`` — e.g. ``num_labels=3129`` for VQA, or
-    ``num_images=2, modality_type_vocab_size=3, ignore_mismatched_sizes=True`` to
-    start NLVR2 from a pre-trained (MLM/ITM) checkpoint. Heads absent from the
-    checkpoint are newly initialised by transformers (it logs which).
-    """
-    spec = _spec(task)
-    model = spec.cls.from_pretrained(path_or_id, **kwargs).eval()
-    return build(model, targets, mlp=mlp, pooler=pooler, exclude=exclude)
-
-
-def tiny(task: str = "itm", *, seed: int = 0, num_answers: int = 5, **overrides: Any) -> torch.nn.Module:
-    """A small random-init ViLT task model in eval mode (hidden 32, 2 layers, 32×32 images,
-    16×16 patches, vocabulary 99, text up to 40 tokens); ``overrides`` update the config."""
-    spec = _spec(task)
-    config = dict(
+#: ViLT as data. Tiny: hidden 32, 2 layers, 32×32 images, 16×16 patches,
+#: vocabulary 99, text up to 40 tokens.
+FAMILY = Family(
+    "vilt", ViltConfig, QKV, MLP, TASKS,
+    tiny_config=dict(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
         image_size=32, patch_size=16, vocab_size=99, max_position_embeddings=40,
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )
-    if task == "vqa":
-        config["num_labels"] = num_answers
-    if task == "nlvr2":
-        config.update(num_images=2, modality_type_vocab_size=3, num_labels=2)
-    config.update(overrides)
-    return seeded(spec.cls, ViltConfig(**config), seed)
+    ),
+)
 
-
-def _spec(task: str) -> _Task:
-    if task not in TASKS:
-        raise ValueError(f"vilt: task must be one of {sorted(TASKS)}, got task={task!r}.")
-    return TASKS[task]
+#: ``build(model, targets=None, *, task=None, mlp=False, exclude=(), pooler=True)``:
+#: a :class:`~moil.backbones.Backbone` for a ViLT task model (see :meth:`Family.build`).
+build = FAMILY.build
+#: ``from_pretrained(path_or_id, task="itm", ...)``: e.g. ``num_labels=3129`` for VQA, or
+#: ``num_images=2, modality_type_vocab_size=3, ignore_mismatched_sizes=True`` to start
+#: NLVR2 from a pre-trained (MLM/ITM) checkpoint.
+from_pretrained = FAMILY.from_pretrained
+#: ``tiny(task="itm", *, seed=0, num_answers=5, **overrides)``: a small random-init model.
+tiny = FAMILY.tiny

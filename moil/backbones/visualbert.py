@@ -21,9 +21,8 @@ all-MiniLM-L6-v2): config and text weights copied, visual projection and head ne
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any
 
-import attrs
 import torch
 from transformers import (
     AutoModel,
@@ -32,17 +31,13 @@ from transformers import (
     VisualBertForVisualReasoning,
 )
 
-from moil.approx import TRANSFORM_KEYS, Sharing
-from moil.backbones.base import Backbone, auto_sharing
 from moil.backbones.calls import Logits, SelectInputs
-from moil.backbones.family import family_patterns, seeded
-from moil.backbones.targets import Patterns, select_params, select_targets
+from moil.backbones.family import Family, Task, seeded
 
-__all__ = ["build", "from_pretrained", "from_bert", "tiny", "QKV", "MLP", "TASKS"]
+__all__ = ["FAMILY", "build", "from_pretrained", "from_bert", "tiny", "QKV", "MLP", "TASKS"]
 
 QKV = r"visual_bert\.encoder\.layer\.\d+\.attention\.self\.(query|key|value)"
 MLP = r"visual_bert\.encoder\.layer\.\d+\.(intermediate|output)\.dense"
-POOLER = ("visual_bert.pooler",)
 _KEYS = (
     "input_ids", "attention_mask", "token_type_ids",
     "visual_embeds", "visual_attention_mask", "visual_token_type_ids",
@@ -55,78 +50,38 @@ BERT_FIELDS = (
     "pad_token_id",
 )
 
-
-@attrs.frozen
-class _Task:
-    cls: type
-    outputs: Any
-    inputs: SelectInputs
-    pooler: bool  # whether the head reads the pooler
-
-
 _RET = (("return_dict", True),)
+_PAIR = SelectInputs(_KEYS, ("input_ids", "visual_embeds"), _RET)
+_POOLER = {"pooler": ("visual_bert.pooler",)}  # the VQA head does not read the pooler
 TASKS = {
-    "itm": _Task(VisualBertForVisualReasoning, Logits("itm_logits"),
-                 SelectInputs(_KEYS, ("input_ids", "visual_embeds"), _RET), True),
-    "nlvr2": _Task(VisualBertForVisualReasoning, Logits("pair_logits"),
-                   SelectInputs(_KEYS, ("input_ids", "visual_embeds"), _RET), True),
-    "vqa": _Task(VisualBertForQuestionAnswering, Logits("vqa_logits"),
-                 SelectInputs(_KEYS, ("input_ids", "attention_mask", "visual_embeds"), _RET), False),
+    "itm": Task(VisualBertForVisualReasoning, Logits("itm_logits"), _PAIR, ("cls",), _POOLER,
+                tiny={"num_labels": 2}),
+    "nlvr2": Task(VisualBertForVisualReasoning, Logits("pair_logits"), _PAIR, ("cls",), _POOLER,
+                  tiny={"num_labels": 2}),
+    "vqa": Task(VisualBertForQuestionAnswering, Logits("vqa_logits"),
+                SelectInputs(_KEYS, ("input_ids", "attention_mask", "visual_embeds"), _RET), ("cls",),
+                answers=True),
 }
 
+#: VisualBERT as data. Tiny: hidden 32, 2 layers, vocabulary 99, ``visual_embeds`` width 16.
+FAMILY = Family(
+    "visualbert", VisualBertConfig, QKV, MLP, TASKS,
+    tiny_config=dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+        vocab_size=99, max_position_embeddings=40, visual_embedding_dim=16,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    ),
+)
 
-def build(
-    model: torch.nn.Module,
-    targets: Patterns | None = None,
-    *,
-    task: str | None = None,
-    mlp: bool = False,
-    pooler: bool = True,
-    exclude: Patterns = (),
-    trainable: Sequence[str] = (),
-) -> Backbone:
-    """A :class:`Backbone` for a VisualBERT task model.
-
-    Args:
-      model: ``VisualBertForVisualReasoning`` (``num_labels=2``) or
-        ``VisualBertForQuestionAnswering``.
-      targets: patterns; default q/k/v of every layer (``3 × num_hidden_layers``).
-      task: ``"itm"`` (default for ``VisualBertForVisualReasoning``) or ``"nlvr2"``
-        — which key its 2-way logits get; ``"vqa"`` for question answering.
-      mlp: also adapt each layer's MLP linears (default targets only).
-      pooler: train ``visual_bert.pooler`` with the head (itm/nlvr2 only).
-      exclude: patterns of layers to leave out.
-      trainable: more parameter names / module paths trained (and stored) with the
-        heads — e.g. the new ``visual_bert.embeddings.visual_projection`` that
-        :func:`from_bert` reports, which no pre-trained checkpoint provides.
-    """
-    if task is None:
-        task = "vqa" if isinstance(model, VisualBertForQuestionAnswering) else "itm"
-    spec = _spec(task)
-    if not isinstance(model, spec.cls):
-        raise TypeError(
-            f"visualbert: task={task!r} needs a {spec.cls.__name__}, got a "
-            f"{type(model).__name__}; for other models use moil.backbones.from_model."
-        )
-    chosen = select_targets(model, family_patterns(QKV, MLP, targets, mlp), exclude)
-    heads = select_params(model, ("cls",) + (POOLER if pooler and spec.pooler else ()) + tuple(trainable))
-    sharing = auto_sharing(chosen, Sharing(TRANSFORM_KEYS))
-    return Backbone(model, chosen, heads, sharing, spec.inputs, spec.outputs)
-
-
-def from_pretrained(
-    path_or_id: str,
-    task: str = "itm",
-    *,
-    targets: Patterns | None = None,
-    mlp: bool = False,
-    pooler: bool = True,
-    exclude: Patterns = (),
-    **kwargs: Any,
-) -> Backbone:
-    """Load a VisualBERT checkpoint (local folder or hub id you have) as a :class:`Backbone`."""
-    model = _spec(task).cls.from_pretrained(path_or_id, **kwargs).eval()
-    return build(model, targets, task=task, mlp=mlp, pooler=pooler, exclude=exclude)
+#: ``build(model, targets=None, *, task=None, mlp=False, exclude=(), trainable=(), pooler=True)``:
+#: ``task`` is ``"itm"`` (default for ``VisualBertForVisualReasoning``) or ``"nlvr2"`` — which
+#: key its 2-way logits get — or ``"vqa"``; ``trainable`` e.g. the new
+#: ``visual_bert.embeddings.visual_projection`` that :func:`from_bert` reports.
+build = FAMILY.build
+#: ``from_pretrained(path_or_id, task="itm", ...)``: load a VisualBERT checkpoint.
+from_pretrained = FAMILY.from_pretrained
+#: ``tiny(task="itm", *, seed=0, num_answers=5, visual_embedding_dim=16, **overrides)``.
+tiny = FAMILY.tiny
 
 
 def from_bert(
@@ -164,8 +119,8 @@ def from_bert(
       TypeError: ``bert`` is not a BERT model. ValueError: bad task/num_answers,
         or a BERT tensor with no VisualBERT counterpart of the same shape.
     """
-    spec = _spec(task)
-    if task == "vqa" and not num_answers:
+    spec = FAMILY.task(task)
+    if spec.answers and not num_answers:
         raise ValueError("from_bert: task='vqa' needs num_answers, e.g. num_answers=3129.")
     if isinstance(bert, (str, os.PathLike)):
         bert = AutoModel.from_pretrained(bert)
@@ -194,26 +149,3 @@ def from_bert(
     copied = {f"visual_bert.{k}" for k in loaded}
     new = [n for n, _ in model.named_parameters() if n not in copied]
     return model, new
-
-
-def tiny(
-    task: str = "itm", *, seed: int = 0, visual_embedding_dim: int = 16, num_answers: int = 5,
-    **overrides: Any,
-) -> torch.nn.Module:
-    """A small random-init VisualBERT task model in eval mode (hidden 32, 2 layers,
-    vocabulary 99, ``visual_embeds`` width 16); ``overrides`` update the config."""
-    spec = _spec(task)
-    config = dict(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-        vocab_size=99, max_position_embeddings=40, visual_embedding_dim=visual_embedding_dim,
-        num_labels=num_answers if task == "vqa" else 2,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )
-    config.update(overrides)
-    return seeded(spec.cls, VisualBertConfig(**config), seed)
-
-
-def _spec(task: str) -> _Task:
-    if task not in TASKS:
-        raise ValueError(f"visualbert: task must be one of {sorted(TASKS)}, got task={task!r}.")
-    return TASKS[task]

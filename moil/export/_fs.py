@@ -7,7 +7,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from moil.checkpoint import _fsync_dir, _fsync_file
+from moil.checkpoint.files import _fsync_dir, _fsync_file
 
 __all__ = ["publish_dir"]
 

@@ -30,11 +30,12 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from moil.approx import Adapter, LowRank
-from moil.checkpoint import _prepare
+from moil.checkpoint.files import _prepare
 from moil.export._fs import publish_dir
 
 __all__ = ["PEFT_PREFIX", "export_peft", "peft_state_dict"]
 
+#: Where PEFT puts the wrapped model's parameters: ``"base_model.model.<name>"``.
 PEFT_PREFIX = "base_model.model."
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"

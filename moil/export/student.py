@@ -17,7 +17,6 @@ are imported only with ``trust_user_classes=True`` (importing a module runs its 
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from collections.abc import Mapping
@@ -29,8 +28,7 @@ import torch
 from torch import Tensor
 
 import moil
-from moil.approx import Adapter, Approximation, Sharing
-from moil.approx.adapter import SEP
+from moil.approx import SEP, Adapter, Approximation, Sharing
 from moil.checkpoint import (
     CheckpointMismatchError,
     CorruptCheckpointError,
@@ -39,15 +37,9 @@ from moil.checkpoint import (
     save_checkpoint,
 )
 from moil.export._fs import publish_dir
+from moil.export.components import decode_component, encode_component
 
-__all__ = [
-    "Student",
-    "check_shapes",
-    "decode_component",
-    "encode_component",
-    "load_student",
-    "save_student",
-]
+__all__ = ["SavedStudent", "check_shapes", "load_student", "save_student"]
 
 FORMAT = "moil.student"
 VERSION = 1
@@ -56,8 +48,10 @@ TENSORS_NAME = "student.safetensors"
 
 
 @attrs.frozen(eq=False)
-class Student:
-    """A loaded student: everything needed to merge it into a backbone.
+class SavedStudent:
+    """A student loaded by :func:`load_student`: everything needed to merge it into a backbone.
+
+    (Not :class:`moil.recipes.Student`, which says how a student is *trained*.)
 
     Attributes:
       adapter: the rebuilt :class:`~moil.approx.Adapter`.
@@ -149,7 +143,7 @@ def load_student(
     base: Mapping[str, Tensor] | None = None,
     trust_user_classes: bool = False,
     device: str | torch.device = "cpu",
-) -> Student:
+) -> SavedStudent:
     """Read a directory written by :func:`save_student`.
 
     Args:
@@ -175,7 +169,8 @@ def load_student(
             )
     doc = _read_json(directory / JSON_NAME)
     try:
-        approx = decode_component(doc["approximation"], trust_user_classes=trust_user_classes)
+        spec = _without_side(doc["approximation"])
+        approx = decode_component(spec, trust_user_classes=trust_user_classes)
         if not isinstance(approx, Approximation):
             raise TypeError(
                 f"{type(approx).__name__} is not an Approximation (init/weight/bias/...)"
@@ -209,7 +204,7 @@ def load_student(
     _check_owners(adapter, params, where="load_student")
     if base is not None:
         check_shapes(adapter, params, base)
-    return Student(adapter, params, heads, doc.get("base_model"), dict(doc.get("extra") or {}))
+    return SavedStudent(adapter, params, heads, doc.get("base_model"), dict(doc.get("extra") or {}))
 
 
 def check_shapes(
@@ -223,116 +218,8 @@ def check_shapes(
             f"student made for another model/config: targets {missing[:3]} have no weight in "
             "the base parameters."
         )
-    want: dict[str, tuple[int, ...]] = {}
-    for t in adapter.targets:
-        w0 = base[f"{t}.weight"]
-        shapes = getattr(adapter.approx, "shapes", None)
-        per = (
-            shapes(*w0.shape)
-            if shapes
-            else {
-                k: tuple(v.shape) for k, v in adapter.approx.init(w0, base.get(f"{t}.bias")).items()
-            }
-        )
-        for name, shape in per.items():
-            want.setdefault(f"{adapter.owner(t, name)}{SEP}{name}", tuple(shape))
-    expected = {k: torch.empty(s, device="meta") for k, s in want.items()}
+    expected = {k: torch.empty(s, device="meta") for k, s in adapter.shapes(base).items()}
     check_matches(params, expected, source="load_student", dtypes=False)
-
-
-# ----------------------------------------------------------------------------- components as JSON
-
-
-def encode_component(obj: Any) -> dict[str, Any]:
-    """``{"class": "module:QualName", "fields": {...}}`` for an ``attrs`` instance.
-
-    Fields are those ``__init__`` accepts (by their init name); values may be
-    ``None``, bools, numbers, strings, lists, tuples, sets, str-keyed dicts and
-    nested ``attrs`` instances. Tuples, sets and dicts are tagged so they decode
-    to the same types.
-    """
-    cls = type(obj)
-    if not attrs.has(cls):
-        raise TypeError(
-            f"{cls.__qualname__} is not an attrs class; only attrs components can be stored."
-        )
-    if "<locals>" in cls.__qualname__:
-        raise TypeError(
-            f"{cls.__qualname__} is defined inside a function; define it at module level."
-        )
-    fields = {
-        f.alias: _encode(getattr(obj, f.name), f"{cls.__qualname__}.{f.name}")
-        for f in attrs.fields(cls)
-        if f.init
-    }
-    return {"class": f"{cls.__module__}:{cls.__qualname__}", "fields": fields}
-
-
-def _encode(value: Any, where: str) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, list):
-        return [_encode(v, where) for v in value]
-    if isinstance(value, tuple):
-        return {"__tuple__": [_encode(v, where) for v in value]}
-    if isinstance(value, (set, frozenset)):
-        return {"__frozenset__": sorted((_encode(v, where) for v in value), key=repr)}
-    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
-        return {"__dict__": {k: _encode(v, where) for k, v in value.items()}}
-    if attrs.has(type(value)):
-        return encode_component(value)
-    raise TypeError(f"cannot store {where} = {value!r} ({type(value).__name__}) as JSON.")
-
-
-def decode_component(spec: Mapping[str, Any], *, trust_user_classes: bool = False) -> Any:
-    """Rebuild an ``attrs`` instance from :func:`encode_component`'s output."""
-    path = spec["class"]
-    module, _, qualname = str(path).partition(":")
-    if not module or not qualname:
-        raise ValueError(f"class path {path!r} is not 'module:QualName'.")
-    if not _in_moil(module) and not trust_user_classes:
-        raise PermissionError(
-            f"the student uses the class {path!r} from outside moil; loading imports its module, "
-            "which runs its code. If you trust it, pass trust_user_classes=True."
-        )
-    try:
-        obj: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(
-            f"unknown class {path!r} ({err}); install the package that defines it."
-        ) from None
-    if not (isinstance(obj, type) and attrs.has(obj)):
-        raise ValueError(f"{path!r} is not an attrs class; only attrs components are rebuilt.")
-    if not _in_moil(obj.__module__) and not trust_user_classes:
-        raise PermissionError(
-            f"{path!r} resolves to {obj.__module__}.{obj.__qualname__}, a class from outside "
-            "moil; if you trust it, pass trust_user_classes=True."
-        )
-    fields = {k: _decode(v, trust_user_classes) for k, v in dict(spec["fields"]).items()}
-    try:
-        return obj(**fields)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"cannot rebuild {path!r} from fields {spec['fields']}: {err}") from None
-
-
-def _in_moil(module: str) -> bool:
-    return module == "moil" or module.startswith("moil.")
-
-
-def _decode(value: Any, trust: bool) -> Any:
-    if isinstance(value, list):
-        return [_decode(v, trust) for v in value]
-    if not isinstance(value, dict):
-        return value
-    if "__tuple__" in value:
-        return tuple(_decode(v, trust) for v in value["__tuple__"])
-    if "__frozenset__" in value:
-        return frozenset(_decode(v, trust) for v in value["__frozenset__"])
-    if "__dict__" in value:
-        return {k: _decode(v, trust) for k, v in value["__dict__"].items()}
-    return decode_component(value, trust_user_classes=trust)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -351,6 +238,26 @@ def _check_owners(adapter: Adapter, params: Mapping[str, Tensor], *, where: str)
             f"like '<target or group>{SEP}<name>' for targets such as {list(adapter.targets)[:2]}); "
             "params and adapter come from different models or configs."
         )
+
+
+def _without_side(spec: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A student saved before the output side became its own class names ``Transform`` or
+    ``Hybrid`` with a ``side`` field: read it as the class of that side."""
+    fields = spec.get("fields") if isinstance(spec, Mapping) else None
+    if not isinstance(fields, Mapping) or "side" not in fields:
+        return spec
+    renamed = _SIDED.get((spec.get("class"), fields["side"]))
+    if renamed is None:
+        return spec  # not a built-in's old layout: the class's own error says what is wrong
+    return {"class": renamed, "fields": {k: v for k, v in fields.items() if k != "side"}}
+
+
+_SIDED = {
+    ("moil.approx.transform:Transform", "input"): "moil.approx.transform:Transform",
+    ("moil.approx.transform:Transform", "output"): "moil.approx.transform:OutputTransform",
+    ("moil.approx.hybrid:Hybrid", "input"): "moil.approx.hybrid:Hybrid",
+    ("moil.approx.hybrid:Hybrid", "output"): "moil.approx.hybrid:OutputHybrid",
+}
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -13,33 +13,18 @@ References:
 
 from __future__ import annotations
 
-import math
 import numbers
-from typing import Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import attrs
 import torch
 from torch import Tensor
 
-from moil.momentum.schedules import Constant, Schedule
+from moil.momentum.half_life import check_momentum
+from moil.schedules import Constant, Schedule, bounds_of
 
-__all__ = ["ema_update", "MomentumState", "MomentumTarget"]
-
-
-def _check_momentum(momentum: float) -> float:
-    if isinstance(momentum, bool) or not isinstance(momentum, (numbers.Real, Tensor)):
-        raise TypeError(f"ema_update: momentum must be a real number, got momentum={momentum!r}")
-    if isinstance(momentum, Tensor) and momentum.numel() != 1:
-        raise TypeError(
-            f"ema_update: momentum must be a scalar, got a tensor of shape {tuple(momentum.shape)}"
-        )
-    m = float(momentum)
-    if not (math.isfinite(m) and 0.0 <= m <= 1.0):
-        raise ValueError(
-            f"ema_update: momentum must be a finite number in [0, 1], got momentum={m!r}; "
-            "0 copies the source, 1 keeps the target"
-        )
-    return m
+__all__ = ["MomentumState", "MomentumTarget", "ema_update"]
 
 
 def _check_pairs(target: Mapping[str, Tensor], source: Mapping[str, Tensor]) -> None:
@@ -109,7 +94,7 @@ def ema_update(
     References:
         MoIL reference implementation (momentum target update of q/k/v weights).
     """
-    m = _check_momentum(momentum)
+    m = check_momentum(momentum, "ema_update")
     _check_pairs(target, source)
     with torch.no_grad():
         if m == 1.0:
@@ -143,11 +128,18 @@ class MomentumState(NamedTuple):
 
 def _as_schedule(schedule: Schedule | float) -> Schedule:
     if isinstance(schedule, numbers.Real) and not isinstance(schedule, bool):
-        return Constant(float(schedule))
+        schedule = Constant(float(schedule))
     if not callable(schedule):
         raise TypeError(
             "MomentumTarget.schedule must be a callable step -> momentum or a number in "
             f"[0, 1], got schedule={schedule!r}"
+        )
+    bounds = bounds_of(schedule)
+    if bounds is not None and not (0.0 <= bounds[0] and bounds[1] <= 1.0):
+        raise ValueError(
+            f"a momentum schedule takes values in [0, 1], but {schedule!r} reaches "
+            f"{bounds[0] if bounds[0] < 0 else bounds[1]!r}; 0 copies the teacher at every "
+            "update, 1 never moves the target"
         )
     return schedule
 

@@ -13,6 +13,7 @@ from moil.objectives.bounds import (
     LayerOutputBound,
     LowRankFit,
     best_low_rank,
+    eckart_young,
     layer_output_bound,
     network_bound,
     spectral_norm,
@@ -48,6 +49,7 @@ __all__ = [
     "network_bound",
     "LowRankFit",
     "best_low_rank",
+    "eckart_young",
     # task losses
     "ImageTextMatching",
     "ContrastiveRetrieval",

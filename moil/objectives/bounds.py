@@ -7,7 +7,8 @@ For one linear layer and any input ``x``,
 for a bias-free MLP with 1-Lipschitz activations ``σ(0) = 0`` a telescoping sum
 bounds the network's output error (:func:`network_bound`), and with the target
 fixed no rank-``r`` additive student beats the truncated SVD of ``T − W0``
-(Eckart–Young; :func:`best_low_rank`). The proofs are in ``docs/method.md``.
+(Eckart–Young; :func:`best_low_rank`, on :func:`eckart_young`, the split the
+closed-form solvers use too). The proofs are in ``docs/method.md``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "network_bound",
     "LowRankFit",
     "best_low_rank",
+    "eckart_young",
 ]
 
 
@@ -218,9 +220,38 @@ def best_low_rank(delta: Tensor, rank: int) -> LowRankFit:
             f"best_low_rank: rank must be an integer in [1, min(out, in)] = [1, {limit}] for "
             f"delta of shape {tuple(delta.shape)}, got rank={rank!r}."
         )
+    return eckart_young(delta, rank)
+
+
+def eckart_young(delta: Tensor, rank: int) -> LowRankFit:
+    r"""The even split ``B A = Δ_r`` of the truncated SVD — :func:`best_low_rank` unchecked.
+
+    ``Δ = U diag(s) Vᵀ``, ``B = U_r √S_r``, ``A = √S_r V_rᵀ``, ``error = √(Σ_{i>r} s_i²)``.
+    The one place moil splits a matrix by Eckart–Young: :func:`best_low_rank` checks
+    its arguments and calls it; the closed-form solvers call it on float64 work
+    matrices, where ``Δ`` may have fewer than ``r`` singular values (then ``B`` and
+    ``A`` are zero-padded to ``r`` columns / rows, still ``B A = Δ``).
+
+    Args:
+      delta: ``Δ``, shape ``(p, q)``, floating (computed in at least float32).
+      rank: ``r ≥ 1``.
+
+    Returns:
+      :class:`LowRankFit` ``(lora_b (p, r), lora_a (r, q), error ())`` in ``delta``'s
+      dtype, ``lora_b`` and ``lora_a`` contiguous (LAPACK's column-major factors are
+      copied, so a checkpoint restores them with the same strides and BLAS rounds a
+      resumed run alike).
+    """
     u, s, vh = torch.linalg.svd(delta.to(_work_dtype(delta)), full_matrices=False)
     root = torch.sqrt(s[:rank])
     lora_b = u[:, :rank] * root
     lora_a = root[:, None] * vh[:rank]
+    pad = rank - root.numel()
+    if pad > 0:
+        lora_b = torch.cat([lora_b, lora_b.new_zeros(lora_b.shape[0], pad)], 1)
+        lora_a = torch.cat([lora_a, lora_a.new_zeros(pad, lora_a.shape[1])], 0)
     error = torch.linalg.vector_norm(s[rank:]) if rank < s.numel() else s.new_zeros(())
-    return LowRankFit(lora_b.to(delta.dtype), lora_a.to(delta.dtype), error.to(delta.dtype))
+    dtype = delta.dtype
+    return LowRankFit(
+        lora_b.to(dtype).contiguous(), lora_a.to(dtype).contiguous(), error.to(dtype)
+    )

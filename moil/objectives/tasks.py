@@ -53,6 +53,18 @@ def check_logits(owner: str, key: str, logits: Tensor, classes: int | None = Non
         )
 
 
+def scored(
+    owner: str, logits: str, field: str, key: str, outputs: Mapping[str, Tensor],
+    batch: Mapping[str, Tensor], classes: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``(z, y)``: the logits under ``logits`` (checked ``(B, C)``, see :func:`check_logits`)
+    and what they are scored against, under ``key`` (the loss's field ``field``)."""
+    z = lookup(owner, "logits", logits, outputs, batch)
+    y = lookup(owner, field, key, outputs, batch)
+    check_logits(owner, logits, z, classes=classes)
+    return z, y
+
+
 def check_labels(owner: str, key: str, labels: Tensor, batch_size: int, classes: int) -> None:
     """Raise unless ``labels`` is an integer ``(B,)`` tensor with values in ``[0, classes)``."""
     if labels.shape != (batch_size,):
@@ -90,9 +102,7 @@ class ImageTextMatching:
     labels: str = "itm_labels"
 
     def __call__(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> Tensor:
-        z = lookup("ImageTextMatching", "logits", self.logits, outputs, batch)
-        y = lookup("ImageTextMatching", "labels", self.labels, outputs, batch)
-        check_logits("ImageTextMatching", self.logits, z, classes=2)
+        z, y = scored("ImageTextMatching", self.logits, "labels", self.labels, outputs, batch, 2)
         check_labels("ImageTextMatching", self.labels, y, z.shape[0], 2)
         return F.cross_entropy(z, y.long())
 
@@ -112,9 +122,7 @@ class PairClassification:
     labels: str = "pair_labels"
 
     def __call__(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> Tensor:
-        z = lookup("PairClassification", "logits", self.logits, outputs, batch)
-        y = lookup("PairClassification", "labels", self.labels, outputs, batch)
-        check_logits("PairClassification", self.logits, z)
+        z, y = scored("PairClassification", self.logits, "labels", self.labels, outputs, batch)
         if z.shape[1] < 2:
             raise ValueError(
                 f"PairClassification: {self.logits!r} needs C >= 2 classes, got shape "
@@ -144,9 +152,7 @@ class VQAScore:
     targets: str = "vqa_targets"
 
     def __call__(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> Tensor:
-        z = lookup("VQAScore", "logits", self.logits, outputs, batch)
-        t = lookup("VQAScore", "targets", self.targets, outputs, batch)
-        check_logits("VQAScore", self.logits, z)
+        z, t = scored("VQAScore", self.logits, "targets", self.targets, outputs, batch)
         if t.shape != z.shape:
             raise ValueError(
                 f"VQAScore: {self.targets!r} must have the logits' shape (B, A)={tuple(z.shape)}, "

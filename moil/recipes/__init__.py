@@ -1,11 +1,13 @@
 """Recipes: approximations, objectives, momentum and optimisers composed into a train step.
 
-Each recipe is an immutable component with pure ``init``/``step``/``finalize``
-methods over an explicit state (see :mod:`moil.recipes.base`). Swapping one for
-another is the ablation interface:
+Each recipe is an immutable component with pure methods over an explicit state (the
+protocol: :mod:`moil.recipes.protocol`). They share two parts: :class:`TaskStep` (the
+task gradient through whatever is in the forward, then AdamW per trained group) and
+:class:`Imitation` (momentum targets and the students that follow them). Swapping one
+recipe for another is the ablation interface:
 
-* :class:`MoIL` — teacher forward, momentum target, student imitation (the
-  method); ``momentum=0.0`` gives MoIL without momentum (target = teacher);
+* :class:`MoIL` — :class:`FullFineTune`'s teacher step with an :class:`Imitation`
+  between its gradient and its update; ``momentum=0.0`` gives MoIL without momentum;
 * :class:`LoRA` — the student in the forward pass, task loss only;
 * :class:`FullFineTune` — the teacher alone (dense targets);
 * :class:`HeadOnly` — the task heads alone (the floor);
@@ -13,21 +15,27 @@ another is the ablation interface:
 * :class:`PeftLowRank` — LoRA / DoRA / PiSSA trained through PEFT (a baseline).
 """
 
-from moil.recipes.base import Recipe, Student
 from moil.recipes.finetune import FineTuneState, FullFineTune
 from moil.recipes.head_only import HeadOnly, HeadOnlyState
 from moil.recipes.imitate import ImitateFixed, ImitateState
+from moil.recipes.imitation import Follower, Imitation, ImitationState
 from moil.recipes.lora import LoRA, LoRAState
-from moil.recipes.moil import MoIL, MoILState, default_optimizer
+from moil.recipes.moil import MoIL, MoILState
 from moil.recipes.peft_baseline import PeftLowRank, PeftLowRankState
+from moil.recipes.protocol import Recipe
+from moil.recipes.student import Student
+from moil.recipes.task_step import TaskState, TaskStep, default_optimizer
 
 __all__ = [
     "FineTuneState",
+    "Follower",
     "FullFineTune",
     "HeadOnly",
     "HeadOnlyState",
     "ImitateFixed",
     "ImitateState",
+    "Imitation",
+    "ImitationState",
     "LoRA",
     "LoRAState",
     "MoIL",
@@ -36,5 +44,7 @@ __all__ = [
     "PeftLowRankState",
     "Recipe",
     "Student",
+    "TaskState",
+    "TaskStep",
     "default_optimizer",
 ]

@@ -2,58 +2,82 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 from torch import Tensor
 
-from moil.optim import AdamState, AdamW
-from moil.recipes.base import TaskLoss, check_finite, clone, head_optimizer, task_gradients
-from moil.recipes.moil import default_optimizer
+from moil.optim import AdamW
+from moil.recipes.protocol import dense_size, head_size
+from moil.recipes.task_step import (
+    TaskLoss,
+    TaskState,
+    TaskStep,
+    clone,
+    default_optimizer,
+    group,
+    positive_scale,
+)
 
-__all__ = ["FullFineTune", "FineTuneState"]
+__all__ = ["FineTuneState", "FullFineTune"]
 
 
-class FineTuneState(NamedTuple):
-    step: int
-    teacher: dict[str, Tensor]
-    heads: dict[str, Tensor]
-    teacher_opt: AdamState
-    head_opt: AdamState
+class FineTuneState(TaskState):
+    """``params = {"teacher": {"<t>.weight" (out, in), "<t>.bias" (out,)}, "heads": …}``."""
+
+    __slots__ = ()
+    teacher = group("teacher")
+    heads = group("heads")
+    teacher_opt = group("teacher", opt=True)
+    head_opt = group("heads", opt=True)
 
 
 @attrs.frozen
 class FullFineTune:
-    r"""``(W, h) ← AdamW(∇ task(f(W, h)))`` over the full-rank target weights.
+    r"""``(W, h) ← AdamW(∇ task(f(W, h)))`` over the full-rank target weights — MoIL without students.
 
-    The upper reference every low-rank method is measured against; it stores a
-    dense copy of every target. Its final weights can be imitated afterwards
-    with :class:`~moil.recipes.ImitateFixed`.
+    The upper reference every low-rank method is measured against; it stores a dense
+    copy of every target. Its final weights can be imitated afterwards with
+    :class:`~moil.recipes.ImitateFixed`.
+
+    Args:
+      task_loss: ``(outputs, batch) -> scalar``.
+      optimizer: AdamW of the teacher (reference: :func:`default_optimizer`).
+      head_lr_scale: the heads' learning rate = ``head_lr_scale`` × the teacher's.
     """
 
     task_loss: TaskLoss
     optimizer: AdamW = attrs.field(factory=default_optimizer)
-    head_lr_scale: float = 1.0
+    head_lr_scale: float = attrs.field(default=1.0, validator=positive_scale)
+    primary = "teacher"
+
+    task: TaskStep = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        # Built once: the optimisers of the teacher and of the heads (at a scaled rate).
+        task = TaskStep.with_heads(self.task_loss, "teacher", self.optimizer, self.head_lr_scale)
+        object.__setattr__(self, "task", task)
 
     def init(self, backbone: Any, *, seed: int = 0) -> FineTuneState:
-        teacher, heads = clone(backbone.base()), backbone.head_params()
-        return FineTuneState(
-            0, teacher, heads, self.optimizer.init(teacher),
-            head_optimizer(self.optimizer, self.head_lr_scale).init(heads),
-        )
+        """Teacher = a copy of ``W0``; heads as the model has them."""
+        return FineTuneState(*self.task.init({"teacher": clone(backbone.base()), "heads": backbone.head_params()}))
+
+    @staticmethod
+    def forward(backbone: Any) -> Any:
+        """``f(θ, batch) = backbone(teacher ∪ heads, batch)``."""
+        return lambda tree, batch: backbone({**tree["teacher"], **tree["heads"]}, batch)
+
+    def gradients(self, state: FineTuneState, backbone: Any, batch: Mapping[str, Tensor]):
+        """Step 1 of MoIL: the task gradients of teacher and heads, and the step's metrics."""
+        return self.task.gradients(state, self.forward(backbone), batch)
+
+    def apply(self, state: FineTuneState, grads) -> FineTuneState:
+        """Step 4 of MoIL: AdamW on teacher and heads."""
+        return self.task.apply(state, grads)
 
     def step(self, state: FineTuneState, backbone: Any, batch: Mapping[str, Tensor]) -> tuple[FineTuneState, dict]:
-        grads, loss, _ = task_gradients(
-            backbone, self.task_loss, {"teacher": state.teacher, "heads": state.heads},
-            lambda tree: {**tree["teacher"], **tree["heads"]}, batch,
-        )
-        metrics = {"task_loss": check_finite(loss, "task loss", state.step)}
-        teacher, teacher_opt = self.optimizer.update(grads["teacher"], state.teacher_opt, state.teacher)
-        heads, head_opt = head_optimizer(self.optimizer, self.head_lr_scale).update(
-            grads["heads"], state.head_opt, state.heads
-        )
-        metrics["lr"] = self.optimizer.learning_rate(state.step)
-        return FineTuneState(state.step + 1, teacher, heads, teacher_opt, head_opt), metrics
+        return self.task.step(state, self.forward(backbone), batch)
 
     def finalize(self, state: FineTuneState, backbone: Any) -> FineTuneState:
         return state
@@ -62,4 +86,10 @@ class FullFineTune:
         return {"teacher": {**state.teacher, **state.heads}}
 
     def students_of(self, state: FineTuneState, backbone: Any) -> dict:
+        return {}
+
+    def stored_parameters(self, state: FineTuneState, backbone: Any) -> dict[str, int]:
+        return {"teacher": dense_size(backbone) + head_size(backbone)}
+
+    def imitation_targets(self, state: FineTuneState, backbone: Any) -> dict:
         return {}

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 from torch import Tensor
 
-from moil.optim import AdamState, AdamW
-from moil.recipes.base import TaskLoss, check_finite, task_gradients
-from moil.recipes.moil import default_optimizer
+from moil.optim import AdamW
+from moil.recipes.protocol import head_size
+from moil.recipes.task_step import TaskLoss, TaskState, TaskStep, default_optimizer, group
 
 __all__ = ["HeadOnly", "HeadOnlyState"]
 
 
-class HeadOnlyState(NamedTuple):
-    step: int
-    heads: dict[str, Tensor]
-    head_opt: AdamState
+class HeadOnlyState(TaskState):
+    """``params = {"heads": {name: tensor}}``."""
+
+    __slots__ = ()
+    heads = group("heads")
+    head_opt = group("heads", opt=True)
 
 
 @attrs.frozen
@@ -26,19 +29,19 @@ class HeadOnly:
 
     task_loss: TaskLoss
     optimizer: AdamW = attrs.field(factory=default_optimizer)
+    primary = "heads"
+
+    task: TaskStep = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        # Built once: the optimisers of every group (the heads' scaled).
+        object.__setattr__(self, "task", TaskStep(self.task_loss, {"heads": self.optimizer}))
 
     def init(self, backbone: Any, *, seed: int = 0) -> HeadOnlyState:
-        heads = backbone.head_params()
-        return HeadOnlyState(0, heads, self.optimizer.init(heads))
+        return HeadOnlyState(*self.task.init({"heads": backbone.head_params()}))
 
     def step(self, state: HeadOnlyState, backbone: Any, batch: Mapping[str, Tensor]) -> tuple[HeadOnlyState, dict]:
-        grads, loss, _ = task_gradients(
-            backbone, self.task_loss, {"heads": state.heads}, lambda tree: dict(tree["heads"]), batch
-        )
-        metrics = {"task_loss": check_finite(loss, "task loss", state.step)}
-        heads, head_opt = self.optimizer.update(grads["heads"], state.head_opt, state.heads)
-        metrics["lr"] = self.optimizer.learning_rate(state.step)
-        return HeadOnlyState(state.step + 1, heads, head_opt), metrics
+        return self.task.step(state, lambda tree, b: backbone(dict(tree["heads"]), b), batch)
 
     def finalize(self, state: HeadOnlyState, backbone: Any) -> HeadOnlyState:
         return state
@@ -47,4 +50,10 @@ class HeadOnly:
         return {"heads": dict(state.heads)}
 
     def students_of(self, state: HeadOnlyState, backbone: Any) -> dict:
+        return {}
+
+    def stored_parameters(self, state: HeadOnlyState, backbone: Any) -> dict[str, int]:
+        return {"heads": head_size(backbone)}
+
+    def imitation_targets(self, state: HeadOnlyState, backbone: Any) -> dict:
         return {}

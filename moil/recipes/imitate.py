@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 from torch import Tensor
 
-from moil.optim import AdamState, AdamW
-from moil.recipes.base import Student, as_students, check_finite, clone, student_seed
-from moil.recipes.moil import default_optimizer
+from moil.optim import AdamW
+from moil.recipes.imitation import Imitation, ImitationState
+from moil.recipes.parts import PerBackbone
+from moil.recipes.protocol import dense_size, head_size
+from moil.recipes.student import Student, as_students
+from moil.recipes.task_step import clone, default_optimizer
 from moil.solvers import Gradient
 
 __all__ = ["ImitateFixed", "ImitateState"]
 
-
-class ImitateState(NamedTuple):
-    step: int
-    students: dict[str, dict[str, Tensor]]
-    student_opts: dict[str, AdamState]
+ImitateState = ImitationState  # its ``targets`` stay empty: the target is the recipe's own
+FIXED = "fixed"
 
 
 @attrs.frozen
@@ -27,8 +28,7 @@ class ImitateFixed:
 
     Weight imitation needs no batches; ``step`` ignores its batch. With
     ``solver=SVDFit()``/``ALSFit()`` as ``refit`` and ``final_fit=True`` one
-    :meth:`finalize` call is the whole job (post-hoc compression of a full
-    fine-tune).
+    :meth:`finalize` call is the whole job (post-hoc compression of a full fine-tune).
 
     Args:
       target: the fine-tuned ``{"<t>.weight", "<t>.bias"}`` of every target layer.
@@ -43,53 +43,48 @@ class ImitateFixed:
     students: Mapping[str, Student] = attrs.field(converter=as_students)
     optimizer: AdamW = attrs.field(factory=default_optimizer)
     solver: Any = attrs.field(factory=Gradient)
+    _parts: PerBackbone = attrs.field(factory=PerBackbone, init=False, eq=False, repr=False)
 
-    def _check(self, backbone: Any) -> None:
-        base = backbone.base()
-        missing = sorted(set(base) - set(self.target))
-        if missing:
-            raise KeyError(f"ImitateFixed: target lacks {missing[:3]}; pass every target layer's tensors.")
+    @property
+    def primary(self) -> str:
+        return f"student/{next(iter(self.students))}"
 
-    def _optimizer(self, student: Student) -> AdamW:
-        return self.optimizer if student.lr is None else attrs.evolve(self.optimizer, lr=student.lr)
+    def imitation(self, backbone: Any) -> Imitation:
+        """The students, built once per backbone, all following the fixed target."""
+        def build(bb):
+            missing = sorted(set(bb.base()) - set(self.target))
+            if missing:
+                raise KeyError(f"ImitateFixed: target lacks {missing[:3]}; pass every target layer's tensors.")
+            return Imitation.build(self.students, bb, momentum=None, optimizer=self.optimizer,
+                                   solver=self.solver, target=FIXED)
+
+        return self._parts.get(backbone, build)
+
+    def _given(self, backbone: Any) -> dict[str, dict[str, Tensor]]:
+        return {FIXED: {k: self.target[k] for k in backbone.base()}}
 
     def init(self, backbone: Any, *, seed: int = 0) -> ImitateState:
-        self._check(backbone)
-        base, students, opts = backbone.base(), {}, {}
-        for name, s in self.students.items():
-            students[name] = s.adapter(backbone).init(base, generator=student_seed(seed, name))
-            opts[name] = self._optimizer(s).init(students[name])
-        return ImitateState(0, students, opts)
+        return self.imitation(backbone).init({}, backbone.base(), seed=seed)
 
     def step(self, state: ImitateState, backbone: Any, batch: Any = None) -> tuple[ImitateState, dict]:
-        base, metrics, students, opts = backbone.base(), {}, {}, {}
-        target = {k: self.target[k] for k in base}
-        for name, s in self.students.items():
-            adapter = s.adapter(backbone)
-            params, opt, m = (s.solver or self.solver).update(
-                adapter, base, state.students[name], state.student_opts[name], self._optimizer(s), target, state.step
-            )
-            if s.refit_every and (state.step + 1) % s.refit_every == 0:
-                params = s.refit.fit(adapter, base, target, params)
-            for key, value in m.items():
-                check_finite(value, f"student {name!r} {key}", state.step)
-                metrics[f"{key}/{name}"] = value
-            students[name], opts[name] = params, opt
-        return ImitateState(state.step + 1, students, opts), metrics
+        return self.imitation(backbone).follow(state, self._given(backbone), backbone.base())
 
     def finalize(self, state: ImitateState, backbone: Any) -> ImitateState:
-        base, students = backbone.base(), dict(state.students)
-        target = {k: self.target[k] for k in base}
-        for name, s in self.students.items():
-            if s.final_fit:
-                students[name] = s.refit.fit(s.adapter(backbone), base, target, students[name])
-        return state._replace(students=students)
+        return self.imitation(backbone).finalize(state, backbone.base(), self._given(backbone))
 
     def candidates(self, state: ImitateState, backbone: Any) -> dict[str, dict[str, Tensor]]:
-        base = backbone.base()
-        out = {f"student/{n}": {**a.merge(p, base), **self.heads} for n, (a, p) in self.students_of(state, backbone).items()}
-        out["target"] = {**{k: self.target[k] for k in base}, **self.heads}
+        merged = self.imitation(backbone).merged(state, backbone.base())
+        out = {f"student/{n}": {**w, **self.heads} for n, w in merged.items()}
+        out["target"] = {**self._given(backbone)[FIXED], **self.heads}
         return out
 
     def students_of(self, state: ImitateState, backbone: Any) -> dict[str, tuple[Any, dict[str, Tensor]]]:
-        return {n: (s.adapter(backbone), state.students[n]) for n, s in self.students.items()}
+        return self.imitation(backbone).students_of(state)
+
+    def stored_parameters(self, state: ImitateState, backbone: Any) -> dict[str, int]:
+        heads = head_size(backbone)
+        sizes = self.imitation(backbone).num_stored(backbone.base())
+        return {**{f"student/{n}": s + heads for n, s in sizes.items()}, "target": dense_size(backbone) + heads}
+
+    def imitation_targets(self, state: ImitateState, backbone: Any) -> dict[str, dict[str, Tensor]]:
+        return self.imitation(backbone).imitated(state, self._given(backbone))

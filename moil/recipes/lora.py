@@ -2,41 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 from torch import Tensor
 
-from moil.approx import Approximation
-from moil.optim import AdamState, AdamW
-from moil.recipes.base import (
-    Student,
+from moil.approx import Adapter, Approximation
+from moil.optim import AdamW
+from moil.recipes.parts import PerBackbone
+from moil.recipes.protocol import head_size
+from moil.recipes.student import Student, student_seed
+from moil.recipes.task_step import (
     TaskLoss,
-    check_finite,
-    head_optimizer,
-    student_seed,
-    task_gradients,
+    TaskState,
+    TaskStep,
+    default_optimizer,
+    group,
+    positive_scale,
 )
-from moil.recipes.moil import default_optimizer
 
 __all__ = ["LoRA", "LoRAState"]
 
 
-class LoRAState(NamedTuple):
-    step: int
-    student: dict[str, Tensor]
-    heads: dict[str, Tensor]
-    student_opt: AdamState
-    head_opt: AdamState
+class LoRAState(TaskState):
+    """``params = {"student": adapter params, "heads": …}``."""
+
+    __slots__ = ()
+    student = group("student")
+    heads = group("heads")
+    student_opt = group("student", opt=True)
+    head_opt = group("heads", opt=True)
 
 
 @attrs.frozen
 class LoRA:
     r"""Adapter-in-the-forward training (Hu et al., 2021): ``θ, h ← AdamW(∇ task(f(Ŵ(θ), h)))``.
 
-    With ``LowRank(r, scale=α/r)`` this is LoRA; any approximation works (e.g. a
-    Hybrid trained directly by the task loss — an ablation of MoIL's imitation).
-    The stored adapter equals a MoIL student of the same approximation in size.
+    With ``LowRank(r, scale=α/r)`` this is LoRA; any approximation works (e.g. a Hybrid
+    trained directly by the task loss — an ablation of MoIL's imitation). The stored
+    adapter equals a MoIL student of the same approximation in size.
 
     Args:
       task_loss: ``(outputs, batch) -> scalar``.
@@ -48,40 +53,48 @@ class LoRA:
     task_loss: TaskLoss
     approx: Approximation | Student
     optimizer: AdamW = attrs.field(factory=default_optimizer)
-    head_lr_scale: float = 1.0
+    head_lr_scale: float = attrs.field(default=1.0, validator=positive_scale)
+    primary = "student/student"
+    task: TaskStep = attrs.field(init=False, eq=False, repr=False)
+    _adapters: PerBackbone = attrs.field(factory=PerBackbone, init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        # Built once: the optimisers of the student and of the heads (at a scaled rate).
+        task = TaskStep.with_heads(self.task_loss, "student", self.optimizer, self.head_lr_scale)
+        object.__setattr__(self, "task", task)
 
     @property
     def student(self) -> Student:
         return self.approx if isinstance(self.approx, Student) else Student(self.approx)
 
+    def adapter(self, backbone: Any) -> Adapter:
+        """The student's adapter over the backbone's targets (built once per backbone)."""
+        return self._adapters.get(backbone, self.student.adapter)
+
     def init(self, backbone: Any, *, seed: int = 0) -> LoRAState:
-        params = self.student.adapter(backbone).init(backbone.base(), generator=student_seed(seed, "student"))
-        heads = backbone.head_params()
-        return LoRAState(
-            0, params, heads, self.optimizer.init(params),
-            head_optimizer(self.optimizer, self.head_lr_scale).init(heads),
-        )
+        params = self.adapter(backbone).init(backbone.base(), generator=student_seed(seed, "student"))
+        return LoRAState(*self.task.init({"student": params, "heads": backbone.head_params()}))
 
     def step(self, state: LoRAState, backbone: Any, batch: Mapping[str, Tensor]) -> tuple[LoRAState, dict]:
-        adapter, base = self.student.adapter(backbone), backbone.base()
-        grads, loss, _ = task_gradients(
-            backbone, self.task_loss, {"student": state.student, "heads": state.heads},
-            lambda tree: {**adapter.merge(tree["student"], base), **tree["heads"]}, batch,
-        )
-        metrics = {"task_loss": check_finite(loss, "task loss", state.step)}
-        student, student_opt = self.optimizer.update(grads["student"], state.student_opt, state.student)
-        heads, head_opt = head_optimizer(self.optimizer, self.head_lr_scale).update(
-            grads["heads"], state.head_opt, state.heads
-        )
-        metrics["lr"] = self.optimizer.learning_rate(state.step)
-        return LoRAState(state.step + 1, student, heads, student_opt, head_opt), metrics
+        adapter, base = self.adapter(backbone), backbone.base()
+
+        def forward(tree, b):
+            return backbone({**adapter.merge(tree["student"], base), **tree["heads"]}, b)
+
+        return self.task.step(state, forward, batch)
 
     def finalize(self, state: LoRAState, backbone: Any) -> LoRAState:
         return state
 
     def candidates(self, state: LoRAState, backbone: Any) -> dict[str, dict[str, Tensor]]:
-        merged = self.student.adapter(backbone).merge(state.student, backbone.base())
+        merged = self.adapter(backbone).merge(state.student, backbone.base())
         return {"student/student": {**merged, **state.heads}}
 
-    def students_of(self, state: LoRAState, backbone: Any) -> dict[str, tuple[Any, dict[str, Tensor]]]:
-        return {"student": (self.student.adapter(backbone), state.student)}
+    def students_of(self, state: LoRAState, backbone: Any) -> dict[str, tuple[Adapter, dict[str, Tensor]]]:
+        return {"student": (self.adapter(backbone), state.student)}
+
+    def stored_parameters(self, state: LoRAState, backbone: Any) -> dict[str, int]:
+        return {"student/student": self.adapter(backbone).num_params(backbone.base()) + head_size(backbone)}
+
+    def imitation_targets(self, state: LoRAState, backbone: Any) -> dict:
+        return {}

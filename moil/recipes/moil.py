@@ -1,74 +1,72 @@
-"""The MoIL recipe: teacher forward, momentum target, student imitation."""
+"""The MoIL recipe: full fine-tuning of the teacher, watched by momentum targets and students."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import attrs
 from torch import Tensor
 
-from moil.momentum import REFERENCE_MOMENTUM, MomentumState, MomentumTarget
-from moil.optim import AdamState, AdamW, WarmupLinearDecay
-from moil.recipes.base import (
-    Student,
-    TaskLoss,
-    as_students,
-    check_finite,
-    clone,
-    head_optimizer,
-    student_seed,
-    task_gradients,
-)
+from moil.momentum import MomentumTarget, check_fits_run
+from moil.optim import AdamW
+from moil.recipes.finetune import FineTuneState, FullFineTune
+from moil.recipes.imitation import Imitation, ImitationState
+from moil.recipes.parts import PerBackbone
+from moil.recipes.protocol import dense_size, head_size
+from moil.recipes.student import Student, as_students
+from moil.recipes.task_step import TaskLoss, default_optimizer, positive_scale
+from moil.schedules import HalfLife, bind_fields
 from moil.solvers import Gradient
 
 __all__ = ["MoIL", "MoILState"]
 
 
 class MoILState(NamedTuple):
-    """Everything a MoIL run changes; tensors in dicts keyed by parameter name.
+    """``task``: the teacher's state (as :class:`FullFineTune`'s); ``imitation``: momentum
+    targets and students. The properties name the parts the method speaks of."""
 
-    ``teacher``: full-rank target weights/biases ``{"<t>.weight" (out, in), "<t>.bias" (out,)}``;
-    ``heads``: task-head parameters; ``targets``: one momentum state per distinct
-    schedule, keyed ``"m0"``, ``"m1"``…; ``students``: adapter params per student name.
-    """
+    task: FineTuneState
+    imitation: ImitationState
 
-    step: int
-    teacher: dict[str, Tensor]
-    heads: dict[str, Tensor]
-    teacher_opt: AdamState
-    head_opt: AdamState
-    targets: dict[str, MomentumState]
-    students: dict[str, dict[str, Tensor]]
-    student_opts: dict[str, AdamState]
+    step = property(lambda self: self.task.step, doc="Steps done.")
+    teacher = property(lambda self: self.task.teacher, doc='``{"<t>.weight" (out, in), "<t>.bias" (out,)}``.')
+    heads = property(lambda self: self.task.heads, doc="Task-head parameters.")
+    teacher_opt = property(lambda self: self.task.teacher_opt)
+    head_opt = property(lambda self: self.task.head_opt)
+    targets = property(lambda self: self.imitation.targets, doc='``{"m0": MomentumState, …}``.')
+    students = property(lambda self: self.imitation.students, doc="``{name: adapter params}``.")
+    student_opts = property(lambda self: self.imitation.student_opts)
 
 
-def default_optimizer(lr: float = 1e-4, total_steps: int = 1000) -> AdamW:
-    """MoIL's reference optimiser: AdamW(β=(0.9, 0.98), λ=0.01), 10 % warm-up, linear decay."""
-    return AdamW(lr=WarmupLinearDecay(lr, total_steps, 0.1), betas=(0.9, 0.98), weight_decay=0.01)
+def _momentum(instance, attribute, value) -> None:
+    MomentumTarget(value)  # a number or schedule with values in [0, 1]
 
 
 @attrs.frozen
 class MoIL:
     r"""Momentum imitation learning (Luo et al., TPAMI 2025).
 
-    Each step, with teacher ``W`` (initialised to ``W0``), heads ``h``, momentum
-    target ``W̄`` and student ``θ`` per student:
+    Each step, with teacher ``W`` (initialised to ``W0``), heads ``h``, momentum target
+    ``W̄`` and student ``θ`` per student:
 
     1. ``g = ∇_{W,h} task_loss(f(W, h; batch))`` — the teacher is in the forward;
     2. ``W̄ ← m_t W̄ + (1 − m_t) W`` (no gradient);
     3. ``θ ← solver(θ; imitation(Ŵ(θ), W̄))`` — the student never sees data;
     4. ``(W, h) ← AdamW(g)``.
 
-    Students do not influence the teacher, so any number train in one run
+    Without students this is :class:`FullFineTune`; the students never influence the
+    teacher, so any number train in one run
     (``students={"r8": Hybrid(8), "r16": Student(LowRank(16), momentum=HalfLife(50))}``)
     and each ends exactly as in a run of its own.
 
     Args:
       task_loss: ``(outputs, batch) -> scalar`` (see :mod:`moil.objectives`).
       students: an approximation, a :class:`Student`, or ``{name: either}``.
-      momentum: default schedule ``step -> m`` (reference 0.9996 — its half-life
-        is ≈1733 steps; for short runs use ``HalfLife(run_length / 10)`` or so).
-      optimizer: teacher optimiser (reference AdamW, see :func:`default_optimizer`).
+      momentum: default schedule ``step -> m``; default a half-life of a tenth of the run.
+        (The reference's constant 0.9996 has a half-life of ≈1733 steps: a shorter run
+        warns that its target would stay near ``W0``.)
+      optimizer: teacher optimiser (reference AdamW over the run, :func:`default_optimizer`).
       head_lr_scale: head learning rate = ``head_lr_scale`` × teacher's.
       student_optimizer: student optimiser (default: the teacher's).
       solver: default per-step imitation solver (reference ``Gradient(steps=1)``).
@@ -76,105 +74,81 @@ class MoIL:
 
     task_loss: TaskLoss
     students: Mapping[str, Student] = attrs.field(converter=as_students)
-    momentum: Any = REFERENCE_MOMENTUM
+    momentum: Any = attrs.field(factory=lambda: HalfLife(fraction=0.1), validator=_momentum)
     optimizer: AdamW = attrs.field(factory=default_optimizer)
-    head_lr_scale: float = 1.0
+    head_lr_scale: float = attrs.field(default=1.0, validator=positive_scale)
     student_optimizer: AdamW | None = None
     solver: Any = attrs.field(factory=Gradient)
+    _parts: PerBackbone = attrs.field(factory=PerBackbone, init=False, eq=False, repr=False)
 
-    # -- components per student -----------------------------------------------
-    def _schedules(self) -> dict[str, Any]:
-        """Distinct momentum schedules → target names ``m0, m1, …`` (in student order)."""
-        names: dict[Any, str] = {}
-        for s in self.students.values():
-            sched = self.momentum if s.momentum is None else s.momentum
-            names.setdefault(sched, f"m{len(names)}")
-        return {name: sched for sched, name in names.items()}
+    @property
+    def primary(self) -> str:
+        return f"student/{next(iter(self.students))}"
 
-    def _target_of(self, student: Student) -> str:
-        sched = self.momentum if student.momentum is None else student.momentum
-        return {v: k for k, v in self._schedules().items()}[sched]
+    @property
+    def teacher(self) -> FullFineTune:
+        """The teacher's recipe: full fine-tuning under this optimiser."""
+        return FullFineTune(self.task_loss, self.optimizer, self.head_lr_scale)
 
-    def _student_optimizer(self, student: Student) -> AdamW:
-        opt = self.student_optimizer or self.optimizer
-        return opt if student.lr is None else attrs.evolve(opt, lr=student.lr)
+    def parts(self, backbone: Any) -> tuple[FullFineTune, Imitation]:
+        """The teacher's recipe and the imitation, built once per backbone."""
+        def build(bb):
+            imitation = Imitation.build(
+                self.students, bb, momentum=self.momentum,
+                optimizer=self.student_optimizer or self.optimizer, solver=self.solver,
+            )
+            return self.teacher, imitation
 
-    def _head_optimizer(self) -> AdamW:
-        return head_optimizer(self.optimizer, self.head_lr_scale)
+        return self._parts.get(backbone, build)
+
+    def for_run(self, steps: int) -> MoIL:
+        """Schedules bound to a run of ``steps``; warns (:class:`~moil.momentum.MomentumWarning`)
+        for a momentum whose target would stay mostly at ``W0`` over the run."""
+        bound = bind_fields(self, steps)
+        schedules = {bound.momentum if s.momentum is None else s.momentum for s in bound.students.values()}
+        for schedule in schedules:
+            check_fits_run(MomentumTarget(schedule).schedule, steps)
+        return bound
 
     # -- the recipe protocol ---------------------------------------------------
     def init(self, backbone: Any, *, seed: int = 0) -> MoILState:
-        """Teacher = W0 (fp32 master copy), targets = W0, fresh students."""
-        base = backbone.base()
-        teacher = clone(base)
-        heads = backbone.head_params()
-        students, opts = {}, {}
-        for name, s in self.students.items():
-            adapter = s.adapter(backbone)
-            params = adapter.init(base, generator=student_seed(seed, name))
-            merged = adapter.merge(params, base)
-            if set(merged) != set(teacher):
-                extra = sorted(set(merged) - set(teacher))
-                raise ValueError(
-                    f"student {name!r}: {type(s.approx).__name__} adds parameters the layers "
-                    f"lack ({extra[:3]}); targets without a bias need an approximation that "
-                    "adds none (LowRank) or a model with biases."
-                )
-            students[name] = params
-            opts[name] = self._student_optimizer(s).init(params)
-        targets = {name: MomentumTarget(sched).init(teacher) for name, sched in self._schedules().items()}
-        return MoILState(
-            0, teacher, heads, self.optimizer.init(teacher), self._head_optimizer().init(heads),
-            targets, students, opts,
-        )
+        """Teacher = W0 (a copy), targets = W0, fresh students."""
+        teacher, imitation = self.parts(backbone)
+        task = teacher.init(backbone, seed=seed)
+        return MoILState(task, imitation.init(task.teacher, backbone.base(), seed=seed))
 
     def step(self, state: MoILState, backbone: Any, batch: Mapping[str, Tensor]) -> tuple[MoILState, dict]:
-        grads, loss, _ = task_gradients(
-            backbone, self.task_loss, {"teacher": state.teacher, "heads": state.heads},
-            lambda tree: {**tree["teacher"], **tree["heads"]}, batch,
-        )
-        metrics: dict[str, float] = {"task_loss": check_finite(loss, "task loss", state.step)}
-        targets = {}
-        for name, sched in self._schedules().items():
-            metrics[f"momentum/{name}"] = MomentumTarget(sched).momentum(state.targets[name])
-            targets[name] = MomentumTarget(sched).update(state.targets[name], state.teacher)
-        base = backbone.base()
-        students, opts = {}, {}
-        for name, s in self.students.items():
-            adapter, target = s.adapter(backbone), targets[self._target_of(s)].target
-            params, opt, m = (s.solver or self.solver).update(
-                adapter, base, state.students[name], state.student_opts[name],
-                self._student_optimizer(s), target, state.step,
-            )
-            if s.refit_every and (state.step + 1) % s.refit_every == 0:
-                params = s.refit.fit(adapter, base, target, params)
-            for key, value in m.items():
-                check_finite(value, f"student {name!r} {key}", state.step)
-            students[name], opts[name] = params, opt
-            metrics.update({f"{k}/{name}": v for k, v in m.items()})
-        teacher, teacher_opt = self.optimizer.update(grads["teacher"], state.teacher_opt, state.teacher)
-        heads, head_opt = self._head_optimizer().update(grads["heads"], state.head_opt, state.heads)
-        metrics["lr"] = self.optimizer.learning_rate(state.step)
-        return MoILState(state.step + 1, teacher, heads, teacher_opt, head_opt, targets, students, opts), metrics
+        """The four steps of the class docstring."""
+        teacher, imitation = self.parts(backbone)
+        grads, metrics = teacher.gradients(state.task, backbone, batch)                    # 1
+        followed, imitated = imitation.update(state.imitation, state.teacher, backbone.base())  # 2, 3
+        task = teacher.apply(state.task, grads)                                            # 4
+        return MoILState(task, followed), {**metrics, **imitated}
 
     def finalize(self, state: MoILState, backbone: Any) -> MoILState:
         """Apply each student's closed-form ``refit`` once if ``final_fit``."""
-        base, students = backbone.base(), dict(state.students)
-        for name, s in self.students.items():
-            if s.final_fit:
-                target = state.targets[self._target_of(s)].target
-                students[name] = s.refit.fit(s.adapter(backbone), base, target, students[name])
-        return state._replace(students=students)
+        _, imitation = self.parts(backbone)
+        return state._replace(imitation=imitation.finalize(state.imitation, backbone.base()))
 
     def candidates(self, state: MoILState, backbone: Any) -> dict[str, dict[str, Tensor]]:
         """``student/<name>`` (merged), ``teacher`` and ``target/<m>`` — the reference reports all."""
-        out = {f"student/{n}": {**a.merge(p, backbone.base()), **state.heads}
-               for n, (a, p) in self.students_of(state, backbone).items()}
+        _, imitation = self.parts(backbone)
+        out = {f"student/{n}": {**w, **state.heads} for n, w in imitation.merged(state.imitation, backbone.base()).items()}
         out["teacher"] = {**state.teacher, **state.heads}
         for name, t in state.targets.items():
             out[f"target/{name}"] = {**t.target, **state.heads}
         return out
 
     def students_of(self, state: MoILState, backbone: Any) -> dict[str, tuple[Any, dict[str, Tensor]]]:
-        return {n: (s.adapter(backbone), state.students[n]) for n, s in self.students.items()}
+        return self.parts(backbone)[1].students_of(state.imitation)
 
+    def stored_parameters(self, state: MoILState, backbone: Any) -> dict[str, int]:
+        heads, dense = head_size(backbone), dense_size(backbone)
+        sizes = self.parts(backbone)[1].num_stored(backbone.base())
+        out = {f"student/{n}": size + heads for n, size in sizes.items()}
+        out["teacher"] = dense + heads
+        out.update({f"target/{m}": dense + heads for m in state.targets})
+        return out
+
+    def imitation_targets(self, state: MoILState, backbone: Any) -> dict[str, dict[str, Tensor]]:
+        return self.parts(backbone)[1].imitated(state.imitation)

@@ -11,20 +11,23 @@ from __future__ import annotations
 import copy
 import itertools
 import re
-from typing import Any, Literal, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import attrs
 import torch
 from torch import Tensor, nn
 
-from moil.optim import AdamState, AdamW
-from moil.recipes.base import TaskLoss, check_finite, head_optimizer, student_seed
-from moil.recipes.moil import default_optimizer
+from moil.approx.protocol import positive_int
+from moil.export.peft import PEFT_PREFIX
+from moil.optim import AdamW
+from moil.precision import Autocast, autocast_forward
+from moil.recipes.protocol import head_size
+from moil.recipes.student import student_seed
+from moil.recipes.task_step import TaskLoss, TaskState, TaskStep, default_optimizer, group, positive_scale
 
-__all__ = ["PeftLowRank", "PeftLowRankState", "PEFT_PREFIX"]
+__all__ = ["PEFT_PREFIX", "PeftLowRank", "PeftLowRankState"]
 
-#: Where PEFT puts the wrapped model's parameters: ``"base_model.model.<name>"``.
-PEFT_PREFIX = "base_model.model."
 VARIANTS = ("lora", "dora", "pissa")
 
 NO_PEFT = (
@@ -43,32 +46,27 @@ PISSA_RANK = (
 )
 
 
-class PeftLowRankState(NamedTuple):
-    step: int
-    # PEFT names: "….lora_A.default.weight" (r, in), "….lora_B.default.weight" (out, r),
-    # DoRA's "….lora_magnitude_vector.default.weight" (out,).
-    adapter: dict[str, Tensor]
-    heads: dict[str, Tensor]  # keyed as backbone.heads
-    adapter_opt: AdamState
-    head_opt: AdamState
+class PeftLowRankState(TaskState):
+    """``params = {"adapter": PEFT's tensors, "heads": …}`` — PEFT names:
+    ``"….lora_A.default.weight"`` ``(r, in)``, ``"….lora_B.default.weight"`` ``(out, r)``,
+    DoRA's ``"….lora_magnitude_vector.default.weight"`` ``(out,)``; heads keyed as
+    ``backbone.heads``."""
+
+    __slots__ = ()
+    adapter = group("adapter")
+    heads = group("heads")
+    adapter_opt = group("adapter", opt=True)
+    head_opt = group("heads", opt=True)
 
 
 def _peft():
     try:
         import peft
-        import peft.helpers  # noqa: F401 — DoraCaching
-        import peft.tuners.lora  # noqa: F401 — LoraLayer
+        import peft.helpers
+        import peft.tuners.lora
     except ImportError as err:
         raise ImportError(NO_PEFT) from err
     return peft
-
-
-def _positive_int(instance, attribute, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"PeftLowRank: {attribute.name} must be an integer >= 1, "
-            f"got {attribute.name}={value!r}."
-        )
 
 
 def _optional_positive(instance, attribute, value) -> None:
@@ -76,13 +74,6 @@ def _optional_positive(instance, attribute, value) -> None:
     if value is not None and (not number or value <= 0):
         raise ValueError(
             f"PeftLowRank: {attribute.name} must be > 0 or None, got {attribute.name}={value!r}."
-        )
-
-
-def _non_negative(instance, attribute, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(
-            f"PeftLowRank: {attribute.name} must be a number >= 0, got {attribute.name}={value!r}."
         )
 
 
@@ -143,12 +134,19 @@ class PeftLowRank:
     """
 
     task_loss: TaskLoss
-    rank: int = attrs.field(validator=_positive_int)
+    rank: int = attrs.field(validator=positive_int)
     variant: Literal["lora", "dora", "pissa"] = attrs.field(default="lora", kw_only=True)
     alpha: float | None = attrs.field(default=None, kw_only=True, validator=_optional_positive)
     optimizer: AdamW = attrs.field(factory=default_optimizer, kw_only=True)
-    head_lr_scale: float = attrs.field(default=1.0, kw_only=True, validator=_non_negative)
+    head_lr_scale: float = attrs.field(default=1.0, kw_only=True, validator=positive_scale)
+    primary = "student/student"
+    task: TaskStep = attrs.field(init=False, eq=False, repr=False)
     _models: dict = attrs.field(factory=dict, init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        # Built once: the optimisers of the adapter and of the heads (at a scaled rate).
+        task = TaskStep.with_heads(self.task_loss, "adapter", self.optimizer, self.head_lr_scale)
+        object.__setattr__(self, "task", task)
 
     @variant.validator
     def _check_variant(self, attribute, value) -> None:
@@ -211,14 +209,11 @@ class PeftLowRank:
             if n not in trained
         }
         full.update(trained)
-        cast = getattr(backbone, "dtype", None)  # moil.train.Autocast (bf16/fp16 forward)
         # PEFT's optional DoRA cache would keep a ‖W‖_c computed from other tensors.
         with _peft().helpers.DoraCaching(enabled=False):
-            if isinstance(cast, torch.dtype):
+            if isinstance(backbone, Autocast):  # bf16/fp16 forward, as moil.train sets it
                 device = next(iter(adapter.values())).device.type
-                with torch.autocast(device_type=device, dtype=cast):
-                    out = self._call(model, backbone, full, batch)
-                return {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
+                return autocast_forward(lambda: self._call(model, backbone, full, batch), backbone.dtype, device)
             return self._call(model, backbone, full, batch)
 
     @staticmethod
@@ -235,32 +230,17 @@ class PeftLowRank:
     def init(self, backbone: Any, *, seed: int = 0) -> PeftLowRankState:
         model = self._wrap(backbone, seed)
         adapter = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-        heads = backbone.head_params()
-        return PeftLowRankState(
-            0, adapter, heads, self.optimizer.init(adapter),
-            head_optimizer(self.optimizer, self.head_lr_scale).init(heads),
-        )
+        return PeftLowRankState(*self.task.init({"adapter": adapter, "heads": backbone.head_params()}))
 
     def step(
         self, state: PeftLowRankState, backbone: Any, batch: Mapping[str, Tensor]
     ) -> tuple[PeftLowRankState, dict]:
         model = self._model(backbone)
 
-        def loss(tree):
-            outputs = self._forward(model, backbone, tree["adapter"], tree["heads"], batch)
-            return self.task_loss(outputs, batch)
+        def forward(tree, b):
+            return self._forward(model, backbone, tree["adapter"], tree["heads"], b)
 
-        tree = {"adapter": state.adapter, "heads": state.heads}
-        grads, value = torch.func.grad_and_value(loss)(tree)
-        metrics = {"task_loss": check_finite(value, "task loss", state.step)}
-        adapter, adapter_opt = self.optimizer.update(
-            grads["adapter"], state.adapter_opt, state.adapter
-        )
-        heads, head_opt = head_optimizer(self.optimizer, self.head_lr_scale).update(
-            grads["heads"], state.head_opt, state.heads
-        )
-        metrics["lr"] = self.optimizer.learning_rate(state.step)
-        return PeftLowRankState(state.step + 1, adapter, heads, adapter_opt, head_opt), metrics
+        return self.task.step(state, forward, batch)
 
     def finalize(self, state: PeftLowRankState, backbone: Any) -> PeftLowRankState:
         return state
@@ -298,6 +278,12 @@ class PeftLowRank:
 
     def students_of(self, state: PeftLowRankState, backbone: Any) -> dict:
         """Empty: a PEFT adapter is not a moil :class:`~moil.approx.Adapter` (see ``to_peft``)."""
+        return {}
+
+    def stored_parameters(self, state: PeftLowRankState, backbone: Any) -> dict[str, int]:
+        return {"student/student": self.num_stored(backbone) + head_size(backbone)}
+
+    def imitation_targets(self, state: PeftLowRankState, backbone: Any) -> dict:
         return {}
 
     def num_stored(self, backbone: Any) -> int:

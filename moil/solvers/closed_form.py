@@ -17,16 +17,19 @@ import attrs
 import torch
 from torch import Tensor
 
-from moil.approx import SEP, TRANSFORM_KEYS, Adapter, Hybrid, LowRank, Transform
-from moil.objectives import best_low_rank
+from moil.approx import TRANSFORM_KEYS, Adapter, Hybrid, LowRank, Transform
+from moil.approx.protocol import positive_int
+from moil.objectives import best_low_rank, eckart_young
 
 __all__ = ["SVDFit", "ALSFit", "reduced_rank_regression"]
+
+Tensors = Mapping[str, Tensor]
 
 
 def _truncate(y: Tensor, rank: int) -> Tensor:
     """``Y_r``: the best rank-``r`` approximation of ``Y`` (Eckart–Young)."""
-    u, s, vh = torch.linalg.svd(y, full_matrices=False)
-    return (u[:, :rank] * s[:rank]) @ vh[:rank]
+    fit = eckart_young(y, rank)
+    return fit.lora_b @ fit.lora_a
 
 
 def reduced_rank_regression(x: Tensor, y: Tensor, rank: int) -> Tensor:
@@ -48,18 +51,6 @@ def reduced_rank_regression(x: Tensor, y: Tensor, rank: int) -> Tensor:
     keep = s > s.max() * max(x.shape) * torch.finfo(s.dtype).eps
     z = u[:, keep].T @ y
     return vh[keep].T @ (_truncate(z, rank) / s[keep, None])
-
-
-def _factor(m: Tensor, rank: int) -> tuple[Tensor, Tensor]:
-    """``M ≈ P Q`` with ``P (p, r) = U√S``, ``Q (r, q) = √S Vᵀ`` (zero-padded to ``rank``)."""
-    u, s, vh = torch.linalg.svd(m, full_matrices=False)
-    root = torch.sqrt(s[:rank])
-    p, q = u[:, :rank] * root, root[:, None] * vh[:rank]
-    pad = rank - root.numel()
-    if pad > 0:
-        p = torch.cat([p, p.new_zeros(p.shape[0], pad)], 1)
-        q = torch.cat([q, q.new_zeros(pad, q.shape[1])], 0)
-    return p, q
 
 
 def _low_rank_step(g: Tensor, targets: list[Tensor], w0: list[Tensor], rank: int) -> list[Tensor]:
@@ -87,24 +78,17 @@ def _low_rank_step(g: Tensor, targets: list[Tensor], w0: list[Tensor], rank: int
     return out
 
 
-def _key(adapter: Adapter, target: str, name: str) -> str:
-    return f"{adapter.owner(target, name)}{SEP}{name}"
-
-
 @attrs.frozen
 class SVDFit:
     r"""Set a :class:`~moil.approx.LowRank` student to the Eckart–Young optimum.
 
     For every target ``B A·s = (W̄ − W0)_r`` — the truncated SVD, the exact
     minimiser of ``‖W̄ − Ŵ‖_F`` over rank-``r`` students. Biases are not adapted.
+    Every fitted tensor is contiguous (see :func:`moil.objectives.eckart_young`).
     """
 
     def fit(
-        self,
-        adapter: Adapter,
-        base: Mapping[str, Tensor],
-        target: Mapping[str, Tensor],
-        params: Mapping[str, Tensor],
+        self, adapter: Adapter, base: Tensors, target: Tensors, params: Tensors
     ) -> dict[str, Tensor]:
         approx = adapter.approx
         if not isinstance(approx, LowRank):
@@ -118,8 +102,8 @@ class SVDFit:
         for t in adapter.targets:
             w0 = base[f"{t}.weight"]
             fit = best_low_rank(target[f"{t}.weight"].double() - w0.double(), approx.rank)
-            out[_key(adapter, t, "lora_b")] = (fit.lora_b / approx.scale).to(w0)
-            out[_key(adapter, t, "lora_a")] = fit.lora_a.to(w0)
+            out[adapter.key(t, "lora_b")] = (fit.lora_b / approx.scale).to(w0).contiguous()
+            out[adapter.key(t, "lora_a")] = fit.lora_a.to(w0).contiguous()
         return out
 
 
@@ -138,20 +122,21 @@ class ALSFit:
     Each is an exact reduced-rank regression, so the error is non-increasing; the
     first low-rank step from ``M = 0`` is the Eckart–Young optimum, hence the fit is
     never worse than :class:`SVDFit`. Last, the bias shift ``s = U a + c`` solves
-    ``min_s Σ_t ‖(b̄_t − b0_t) − L_t s‖²`` (``a = 0``, ``c = s``).
+    ``min_s Σ_t ‖(b̄_t − b0_t) − L_t s‖²`` (``a = 0``, ``c = s``). Every fitted tensor
+    is contiguous, in the params' dtype.
+
+    The adapter after the layer (:class:`~moil.approx.OutputTransform`,
+    :class:`~moil.approx.OutputHybrid`) has no such closed form: train it with
+    ``Gradient`` steps.
 
     Args:
-      iterations: alternation rounds (≥ 1).
+      iterations: alternation rounds, an integer ≥ 1.
     """
 
-    iterations: int = 8
+    iterations: int = attrs.field(default=8, validator=positive_int)
 
     def fit(
-        self,
-        adapter: Adapter,
-        base: Mapping[str, Tensor],
-        target: Mapping[str, Tensor],
-        params: Mapping[str, Tensor],
+        self, adapter: Adapter, base: Tensors, target: Tensors, params: Tensors
     ) -> dict[str, Tensor]:
         approx = adapter.approx
         if isinstance(approx, Hybrid):
@@ -159,9 +144,10 @@ class ALSFit:
         elif isinstance(approx, Transform):
             low, transform = None, approx
         else:
-            raise TypeError(f"ALSFit fits Transform/Hybrid, got {type(approx).__name__}; use SVDFit.")
-        if transform.side != "input":
-            raise ValueError("ALSFit handles input-side transforms; use Gradient steps for side='output'.")
+            raise TypeError(
+                f"ALSFit fits the input-side Transform/Hybrid, got {type(approx).__name__}; use "
+                "SVDFit for LowRank and Gradient steps for OutputTransform/OutputHybrid."
+            )
         if low is not None and adapter.sharing is not None and "lora_a" in adapter.sharing.keys:
             raise ValueError("ALSFit: a shared lora_a has no closed form; use Gradient steps.")
         shared = adapter.sharing.keys & set(TRANSFORM_KEYS) if adapter.sharing else set()
@@ -172,7 +158,7 @@ class ALSFit:
             )
         groups = adapter.groups() if shared else {t: (t,) for t in adapter.targets}
         out = dict(params)
-        views = adapter._views(params)
+        views = adapter.views(params)
         for members in groups.values():
             out.update(self._fit_group(adapter, members, base, target, views, low, transform))
         return out
@@ -193,7 +179,7 @@ class ALSFit:
                 for t, w in zip(members, w0)
             ]
         fitted: dict[str, Tensor] = {}
-        for _ in range(max(1, self.iterations)):
+        for _ in range(self.iterations):
             if low is not None:
                 g = eye + m
                 ns = _low_rank_step(g, tw, w0, low.rank)
@@ -204,12 +190,12 @@ class ALSFit:
                 break  # nothing to alternate with: one regression is the optimum
         if low is not None:
             for t, n in zip(members, ns):
-                b, a = _factor(n / low.scale, low.rank)
-                fitted[_key(adapter, t, "lora_b")], fitted[_key(adapter, t, "lora_a")] = b, a
-        up, down = _factor(m, transform.rank)
+                b, a, _ = eckart_young(n / low.scale, low.rank)
+                fitted[adapter.key(t, "lora_b")], fitted[adapter.key(t, "lora_a")] = b, a
+        up, down, _ = eckart_young(m, transform.rank)
         t0 = members[0]
-        fitted[_key(adapter, t0, "transform_up")] = up
-        fitted[_key(adapter, t0, "transform_down")] = down
+        fitted[adapter.key(t0, "transform_up")] = up
+        fitted[adapter.key(t0, "transform_down")] = down
         # Bias: b̂ = L (U a + c) + b0 — solve for the shift s = U a + c.
         gaps = []
         for t in members:
@@ -218,6 +204,7 @@ class ALSFit:
             ref = torch.zeros(like.shape[0], dtype=f64, device=like.device) if tb is None else tb.to(f64)
             gaps.append(ref - (0 if b0 is None else b0.to(f64)))
         shift = torch.linalg.lstsq(torch.cat(lows), torch.cat(gaps)[:, None]).solution[:, 0]
-        fitted[_key(adapter, t0, "transform_up_bias")] = shift
-        fitted[_key(adapter, t0, "transform_down_bias")] = torch.zeros(transform.rank, dtype=f64, device=like.device)
-        return {k: v.to(like) for k, v in fitted.items()}
+        fitted[adapter.key(t0, "transform_up_bias")] = shift
+        fitted[adapter.key(t0, "transform_down_bias")] = torch.zeros(transform.rank, dtype=f64, device=like.device)
+        # .to() keeps a view's strides: copy, so a resumed run sees the same layout.
+        return {k: v.to(like).contiguous() for k, v in fitted.items()}

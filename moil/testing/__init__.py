@@ -12,7 +12,8 @@ Strategies for your own properties: :func:`weight_shapes`, :func:`weights`,
 :func:`approximations`, :func:`adapter_params`, :func:`seeds`.
 """
 
-from moil.testing.laws import LAWS, LawViolation, Reference, check_approximation
+from moil.testing.check import check_approximation
+from moil.testing.laws import LAWS, LawViolation, Reference
 from moil.testing.strategies import adapter_params, approximations, seeds, weight_shapes, weights
 
 __all__ = [

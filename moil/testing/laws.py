@@ -1,8 +1,8 @@
-"""The approximation contract (DESIGN.md) as executable, property-based laws.
+"""The approximation contract (DESIGN.md) as executable laws, one function per law.
 
-:func:`check_approximation` runs every law on random weights, biases and
-parameters drawn by Hypothesis, for any object following
-:class:`moil.approx.Approximation` — built-in or user-defined.
+Each ``_law_*`` checks one example (a drawn ``w0``, ``b0``, params) and raises
+:class:`LawViolation` naming the law; :func:`moil.testing.check_approximation`
+draws the examples and runs them in the order of :data:`LAWS`.
 """
 
 from __future__ import annotations
@@ -10,13 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import torch
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
 from torch import Tensor
 
-from moil.testing.strategies import _randn, adapter_params, seeds, weight_shapes, weights
+from moil.testing.strategies import _randn
 
-__all__ = ["LAWS", "LawViolation", "Reference", "check_approximation"]
+__all__ = ["LAWS", "LawViolation", "Reference"]
 
 #: ``reference(params, w0, b0, x) -> y``: a factored / sequential forward of a
 #: batch ``x`` ``(batch, in)`` to ``y`` ``(batch, out)``.
@@ -28,15 +26,16 @@ LAWS = (
     "follows w0",
     "identity at init",
     "num_params",
+    "shapes",
     "deterministic init",
     "shareable",
     "no mutation",
     "finite gradients",
+    "weight_and_bias",
     "factored == materialised",
 )
 
-_METHODS = ("init", "weight", "bias", "num_params")
-_EXTRA_FEATURES = 6  # widths are drawn in [lower, lower + 6]
+_METHODS = ("init", "weight", "bias", "num_params", "shapes", "weight_and_bias")
 # Reference vs merged forward: rtol = tol and atol = tol·(1 + max|y|), per dtype of w0.
 _TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 6e-2}
 
@@ -64,18 +63,14 @@ class _Example:
             self.fail(law, detail)
 
 
-def _min_features(approx, min_features: int | None) -> int:
-    """Smallest width to draw: the approximation's ranks and ``min_features``."""
-    found = [getattr(approx, n, None) for n in ("rank", "transform_rank")] + [min_features]
-    return max([1] + [n for n in found if isinstance(n, int) and not isinstance(n, bool)])
-
-
 def _law_protocol(approx) -> None:
     missing = [m for m in _METHODS if not callable(getattr(approx, m, None))]
-    if missing:
+    shareable = getattr(approx, "shareable", None)
+    if missing or not isinstance(shareable, (set, frozenset)):
         raise LawViolation(
             f"check_approximation: law 'protocol' failed for {approx!r}: no method(s) "
-            f"{missing}; an approximation needs init, weight, bias and num_params."
+            f"{missing}, shareable={shareable!r}; an approximation needs the methods "
+            f"{list(_METHODS)} and a frozenset shareable (see moil.approx.Approximation)."
         )
 
 
@@ -127,6 +122,13 @@ def _law_num_params(ex: _Example) -> None:
     )
 
 
+def _law_shapes(ex: _Example) -> None:
+    out_f, in_f = ex.w0.shape
+    made = {k: tuple(v.shape) for k, v in ex.approx.init(ex.w0, ex.b0).items()}
+    claimed = {k: tuple(s) for k, s in ex.approx.shapes(out_f, in_f).items()}
+    ex.check(claimed == made, "shapes", f"shapes({out_f}, {in_f}) = {claimed} but init makes {made}")
+
+
 def _law_deterministic(ex: _Example, seed: int) -> None:
     a, w0, b0 = ex.approx, ex.w0, ex.b0
     one = a.init(w0, b0, generator=torch.Generator().manual_seed(seed))
@@ -143,9 +145,7 @@ def _law_deterministic(ex: _Example, seed: int) -> None:
 
 
 def _law_shareable(ex: _Example) -> None:
-    shareable = getattr(ex.approx, "shareable", None)
-    if shareable is None:
-        return
+    shareable = ex.approx.shareable
     out_f, in_f = ex.w0.shape
     wider = torch.zeros(out_f + 1, in_f, dtype=ex.w0.dtype, device=ex.w0.device)
     mine, theirs = ex.approx.init(ex.w0), ex.approx.init(wider)
@@ -195,6 +195,16 @@ def _law_gradients(ex: _Example, params: dict[str, Tensor], seed: int) -> None:
         ex.check(ok, "finite gradients", f"torch.func.grad w.r.t. params[{k!r}] is {g!r}")
 
 
+def _law_weight_and_bias(ex: _Example, params: dict[str, Tensor]) -> None:
+    a, w0, b0 = ex.approx, ex.w0, ex.b0
+    law = "weight_and_bias"
+    got_w, got_b = a.weight_and_bias(params, w0, b0)
+    want_w, want_b = a.weight(params, w0), a.bias(params, w0, b0)
+    ex.check(torch.equal(got_w, want_w), law, "weight_and_bias(...)[0] != weight(params, w0)")
+    same_b = got_b is None if want_b is None else got_b is not None and torch.equal(got_b, want_b)
+    ex.check(same_b, law, f"weight_and_bias(...)[1] = {got_b!r} != bias(...) = {want_b!r}")
+
+
 def _law_reference(
     ex: _Example, params: dict[str, Tensor], x: Tensor, reference: Reference
 ) -> None:
@@ -226,96 +236,3 @@ def _run(ex: _Example, law: str, body: Callable[[], object]):
         raise
     except Exception as err:  # noqa: BLE001 — any exception breaks the law
         ex.fail(law, f"raised {type(err).__name__}: {err}")
-
-
-def check_approximation(
-    approx,
-    *,
-    reference: Reference | None = None,
-    max_examples: int = 25,
-    dtypes: tuple[torch.dtype, ...] = (torch.float64,),
-    min_features: int | None = None,
-    device: str | torch.device = "cpu",
-) -> None:
-    """Check the approximation contract on random examples; raise if a law fails.
-
-    For weights ``w0`` ``(out, in)`` with ``out, in ≥ max(rank, transform_rank,
-    min_features)`` (the attributes read when present), biases ``b0`` ``(out,)``
-    or ``None``, non-trivial random ``params`` (:func:`adapter_params`) and
-    inputs ``x`` ``(batch, in)``, with ``Ŵ = weight(params, w0)`` and
-    ``b̂ = bias(params, w0, b0)``:
-
-    * **protocol** — ``init``, ``weight``, ``bias``, ``num_params`` exist;
-    * **follows w0** — ``init``'s tensors, ``Ŵ`` ``(out, in)`` and ``b̂`` ``(out,)``
-      have ``w0``'s dtype and device;
-    * **identity at init** — ``weight(init(w0, b0), w0) == w0`` and
-      ``bias(init(w0, b0), w0, b0) == b0`` exactly (``None`` or zeros if ``b0`` is ``None``);
-    * **num_params** — ``num_params(out, in) == Σ numel(init(w0))``;
-    * **deterministic init** — equal seeded generators give equal params;
-    * **shareable** — each name in ``shareable`` is a parameter whose shape does
-      not depend on ``out``;
-    * **no mutation** — ``init``/``weight``/``bias`` leave params, ``w0``, ``b0`` as they were;
-    * **finite gradients** — ``torch.func.grad`` of ``Σ G⊙Ŵ + Σ g⊙b̂`` is finite;
-    * **factored == materialised** (if ``reference``) — ``x Ŵᵀ + b̂ ==
-      reference(params, w0, b0, x)`` (``rtol`` 1e-9 in float64, looser below).
-
-    Args:
-      approx: any object following :class:`moil.approx.Approximation`.
-      reference: optional factored/sequential forward, see :data:`Reference`.
-      max_examples: Hypothesis examples (derandomized: the same on every run).
-      dtypes: dtypes of ``w0`` to draw from, e.g. ``(torch.float64, torch.bfloat16)``.
-      min_features: smallest width to draw, if more than the ranks need.
-      device: where ``w0``, ``b0``, params and ``x`` live (generators stay on the CPU).
-
-    Raises:
-      AssertionError: a law failed; the message names the law and the example.
-      ValueError: a bad argument.
-    """
-    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
-        raise ValueError(
-            f"check_approximation: max_examples must be an int >= 1, got {max_examples!r}."
-        )
-    dtypes = tuple(dtypes)
-    bad = [d for d in dtypes if not (isinstance(d, torch.dtype) and d.is_floating_point)]
-    if not dtypes or bad:
-        raise ValueError(
-            f"check_approximation: dtypes must be floating torch dtypes, got {dtypes!r}."
-        )
-    if reference is not None and not callable(reference):
-        raise ValueError(f"check_approximation: reference must be callable, got {reference!r}.")
-    _law_protocol(approx)
-    lower = _min_features(approx, min_features)
-
-    @settings(
-        max_examples=max_examples,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        report_multiple_bugs=False,
-        phases=(Phase.explicit, Phase.generate, Phase.shrink),
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(data=st.data())
-    def laws(data: st.DataObject) -> None:
-        dtype = data.draw(st.sampled_from(dtypes), label="dtype")
-        out_f, in_f = data.draw(weight_shapes(lower, lower + _EXTRA_FEATURES), label="(out, in)")
-        w0 = data.draw(weights((out_f, in_f), dtype, device=device), label="w0")
-        b0 = data.draw(st.none() | weights((out_f,), dtype, device=device), label="b0")
-        seed = data.draw(seeds(), label="seed")
-        ex = _Example(approx, w0, b0)
-        params = data.draw(
-            _run(ex, "protocol", lambda: adapter_params(approx, w0, b0)), label="params"
-        )
-        batch = data.draw(st.integers(min_value=1, max_value=3), label="batch")
-        x = data.draw(weights((batch, in_f), dtype, device=device), label="x")
-        _run(ex, "follows w0", lambda: _law_follows(ex, params))
-        _run(ex, "identity at init", lambda: _law_identity(ex, seed))
-        _run(ex, "num_params", lambda: _law_num_params(ex))
-        _run(ex, "deterministic init", lambda: _law_deterministic(ex, seed))
-        _run(ex, "shareable", lambda: _law_shareable(ex))
-        _run(ex, "no mutation", lambda: _law_no_mutation(ex, params))
-        _run(ex, "finite gradients", lambda: _law_gradients(ex, params, seed))
-        if reference is not None:
-            _run(ex, "factored == materialised", lambda: _law_reference(ex, params, x, reference))
-
-    laws()

@@ -20,7 +20,7 @@ import torch
 from hypothesis import strategies as st
 from torch import Tensor
 
-from moil.approx import Hybrid, LowRank, Transform
+from moil.approx import Hybrid, LowRank, Transform, on_side
 
 __all__ = ["adapter_params", "approximations", "seeds", "weight_shapes", "weights"]
 
@@ -85,20 +85,27 @@ def approximations(
 ) -> st.SearchStrategy:
     """One of the built-in approximations with ranks in ``[1, max_rank]``.
 
-    :class:`~moil.approx.LowRank` (various scales), :class:`~moil.approx.Transform`
-    and :class:`~moil.approx.Hybrid` (each side in ``sides``; Hybrid's
-    ``transform_rank`` ``None`` or any rank). Use weights with both sides at
-    least ``max_rank`` wide.
+    :class:`~moil.approx.LowRank` (various scales), the transform and the hybrid
+    with the adapter on each side in ``sides`` (:class:`~moil.approx.Transform` /
+    :class:`~moil.approx.OutputTransform`, :class:`~moil.approx.Hybrid` /
+    :class:`~moil.approx.OutputHybrid`; ``transform_rank`` ``None`` or any rank).
+    Use weights with both sides at least ``max_rank`` wide.
+
+    Raises:
+      ValueError: ``max_rank < 1`` or a side other than ``"input"``/``"output"``.
     """
     if isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 1:
         raise ValueError(f"approximations: max_rank must be an int >= 1, got {max_rank!r}.")
+    transforms = [on_side(Transform, s) for s in sides]
+    hybrids = [on_side(Hybrid, s) for s in sides]
     ranks = st.integers(min_value=1, max_value=max_rank)
     scales = st.sampled_from(_SCALES)
-    side = st.sampled_from(tuple(sides))
     return st.one_of(
         st.builds(LowRank, rank=ranks, scale=scales),
-        st.builds(Transform, rank=ranks, side=side),
-        st.builds(Hybrid, rank=ranks, transform_rank=st.none() | ranks, side=side, scale=scales),
+        st.sampled_from(transforms).flatmap(lambda cls: st.builds(cls, rank=ranks)),
+        st.sampled_from(hybrids).flatmap(
+            lambda cls: st.builds(cls, rank=ranks, transform_rank=st.none() | ranks, scale=scales)
+        ),
     )
 
 

@@ -20,12 +20,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from moil.approx import Hybrid, LowRank, Transform
-from moil.momentum import Constant, CosineRamp, HalfLife, LinearWarmup
-
 __all__ = [
     "ArmSpec", "Config", "ConfigError", "DataSpec", "ModelSpec", "StudentSpec", "TrainSpec",
-    "load_config", "loads_config", "config_dict", "dump_config", "parse_config", "parse_momentum", "build_approx",
+    "load_config", "loads_config", "config_dict", "dump_config", "parse_config",
 ]
 
 RecipeName = Literal["moil", "lora", "full", "head", "peft-lora", "peft-dora", "peft-pissa"]
@@ -46,6 +43,14 @@ def _positive(instance, attribute, value) -> None:
 def _not_negative(instance, attribute, value) -> None:
     if value < 0:
         raise ValueError(f"{attribute.name} must be >= 0, got {attribute.name}={value!r}")
+
+
+def _fraction(instance, attribute, value) -> None:
+    if not 0 <= value < 1:
+        raise ValueError(
+            f"{attribute.name} must be a fraction of the run in [0, 1), got {attribute.name}={value!r}; "
+            f"e.g. {attribute.name} = 0.1 warms up over the first tenth of the steps"
+        )
 
 
 TASKS = ("itm", "vqa")
@@ -84,7 +89,8 @@ class StudentSpec:
     rank: int = attrs.field(default=8, validator=_positive)
     transform_rank: int | None = attrs.field(default=None, validator=_positive)
     side: Literal["input", "output"] = "input"
-    #: ``None`` = the arm's momentum; else a momentum spec (see :func:`parse_momentum`).
+    #: ``None`` = the arm's momentum; else a momentum spec (see
+    #: :func:`moil.harness.build.parse_momentum`).
     momentum: str | float | None = None
     lr: float | None = attrs.field(default=None, validator=_positive)
     solver_steps: int = attrs.field(default=1, validator=_positive)
@@ -107,7 +113,8 @@ class ArmSpec:
     lr: float | list[float] | dict[str, float | list[float]] = attrs.field(default=2e-4, validator=_learning_rate)
     head_lr_scale: float = attrs.field(default=1.0, validator=_positive)
     weight_decay: float = 0.01
-    warmup: float = 0.1
+    #: Learning-rate warm-up as a fraction of the run's steps, in [0, 1).
+    warmup: float = attrs.field(default=0.1, validator=_fraction)
     momentum: str | float = "half-life:20"
     # LoRA / PEFT arms: the approximation and rank (set the rank for equal stored size).
     approx: ApproxName = "lowrank"
@@ -277,44 +284,3 @@ def _drop_none(value: Any) -> Any:
     if isinstance(value, list):
         return [_drop_none(v) for v in value]
     return value
-
-
-def parse_momentum(spec: str | float, steps: int) -> Any:
-    """A momentum schedule from a short spec.
-
-    ``0.99`` or ``"constant:0.99"``; ``"half-life:20"`` (m = 0.5^(1/20));
-    ``"cosine:0.99"`` or ``"cosine:0.99:1.0"`` (BYOL ramp over the run);
-    ``"linear:0.9:0.99"`` (linear warm-up over the run). ``"none"`` = 0 (target = teacher).
-    """
-    if isinstance(spec, (int, float)):
-        return Constant(float(spec))
-    kind, _, rest = str(spec).partition(":")
-    args = [float(a) for a in rest.split(":") if a]
-    try:
-        if kind == "none":
-            return Constant(0.0)
-        if kind == "constant" and len(args) == 1:
-            return Constant(args[0])
-        if kind == "half-life" and len(args) == 1:
-            return HalfLife(args[0])
-        if kind == "cosine" and len(args) in (1, 2):
-            return CosineRamp(*args, steps=steps)
-        if kind == "linear" and len(args) == 2:
-            return LinearWarmup(args[0], args[1], steps)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"momentum {spec!r}: {err}") from None
-    raise ConfigError(
-        f"momentum {spec!r} is not understood; use 0.99, 'constant:0.99', 'half-life:20', "
-        "'cosine:0.99[:1.0]', 'linear:0.9:0.99' or 'none'."
-    )
-
-
-def build_approx(name: str, rank: int, *, transform_rank: int | None = None, side: str = "input", scale: float = 1.0):
-    """The approximation component a spec names."""
-    if name == "lowrank":
-        return LowRank(rank, scale=scale)
-    if name == "transform":
-        return Transform(rank, side=side)
-    if name == "hybrid":
-        return Hybrid(rank, transform_rank, side=side, scale=scale)
-    raise ConfigError(f"approx {name!r}: use 'hybrid', 'lowrank' or 'transform'.")

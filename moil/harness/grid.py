@@ -2,7 +2,7 @@
 
 ``run_grid(config, out)`` writes ``out/config.toml`` (resolved), one folder per run
 under ``out/runs/<task>/<arm>/seed<k>/`` (and ``out/sweep/…`` for sweeps),
-``out/results.json`` and, via :mod:`moil.report`, ``out/report.md`` and PNG plots.
+``out/results.json`` and, via :mod:`moil.harness.report`, ``out/report.md`` and PNG plots.
 Finished runs are reused on ``resume``; an interrupted one continues from its
 checkpoint. ``train.workers`` runs that many at once, each in its own process.
 """
@@ -18,9 +18,11 @@ from typing import Any, Callable
 
 import torch
 
-from moil.config import Config, config_dict, dump_config
-from moil.experiment import PRIMARY_METRIC, Job, Runner, load_data
-from moil.workers import Reporter, in_processes, worker_threads
+from moil.harness.build import load_data
+from moil.harness.config import Config, config_dict, dump_config
+from moil.harness.jobs import Job, Runner
+from moil.harness.scoring import PRIMARY_METRIC
+from moil.harness.workers import Reporter, in_processes, intra_op_threads, worker_threads
 
 __all__ = ["run_grid", "summarize", "Reporter"]
 
@@ -89,20 +91,42 @@ def run_grid(config: Config, out: str | Path, *, reporter: Reporter = _quiet, re
 
     First every learning-rate sweep run (all arms and tasks at once), then every
     seed run at the chosen rates; with ``train.workers > 1`` each phase spreads its
-    runs over that many processes. Results are in config order either way.
+    runs over that many processes. Results are in config order either way. Runs in
+    this process use ``train.threads`` intra-op threads; the caller's count is
+    restored afterwards.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(dump_config(config))
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    started = time.perf_counter()
-    # Loaded here even with workers: a first run computes and caches the image
-    # features once, before the workers read them.
-    runner = Runner(config, load_data(config))
-    full = config.train.steps
+    with intra_op_threads(config.train.threads):
+        started = time.perf_counter()
+        # Loaded here even with workers: a first run computes and caches the image
+        # features once, before the workers read them.
+        runner = Runner(config, load_data(config))
+        sweep_jobs = _sweep_jobs(config, out)
+        sweeps, chosen, reuse = _choose(config, sweep_jobs, _run_jobs(sweep_jobs, runner, reporter, resume))
+        seed_jobs = _seed_jobs(config, out, chosen, reuse)
+        seed_results = iter(_run_jobs(seed_jobs, runner, reporter, resume))
+        runs = [reuse.get((task, arm.name, seed)) or next(seed_results)
+                for task in config.train.tasks for arm in config.arms for seed in config.train.seeds]
+        results = {
+            "config": config_dict(config),
+            "machine": machine(config),
+            "wall_seconds": time.perf_counter() - started,
+            "sweeps": sweeps,
+            "runs": runs,
+            "summary": summarize(runs),
+        }
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    from moil.harness.report import write_report
 
-    sweep_jobs = []
+    write_report(results, out)
+    return results
+
+
+def _sweep_jobs(config: Config, out: Path) -> list[Job]:
+    """One job per learning rate of every arm that lists several, on the first seed."""
+    full, jobs = config.train.steps, []
     for task in config.train.tasks:
         for arm in config.arms:
             if len(arm.learning_rates(task)) == 1:
@@ -112,16 +136,20 @@ def run_grid(config: Config, out: str | Path, *, reporter: Reporter = _quiet, re
             # chosen lr: it is also scored on test (never used for the choice) and reused.
             extra = tuple(s for s in config.train.eval_splits if s != "val") if steps == full else ()
             for lr in arm.learning_rates(task):
-                sweep_jobs.append(Job(
+                jobs.append(Job(
                     task, arm.name, config.train.seeds[0], lr, out / "sweep" / task / arm.name / f"lr{lr:g}",
                     steps, ("val", *extra), f"{task} · {arm.name} · sweep lr={lr:g}",
                 ))
-    sweep_results = _run_jobs(sweep_jobs, runner, reporter, resume)
+    return jobs
 
+
+def _choose(config: Config, jobs: list[Job], results: list[dict]) -> tuple[list[dict], dict, dict]:
+    """``(sweeps, chosen, reuse)``: each sweep's val scores and choice, the lr of every
+    (task, arm), and the full-length sweep runs that serve as their seed's run."""
     sweeps, chosen, reuse = [], {}, {}
     for task in config.train.tasks:
         for arm in config.arms:
-            tried = [(j, r) for j, r in zip(sweep_jobs, sweep_results) if (j.task, j.arm) == (task, arm.name)]
+            tried = [(j, r) for j, r in zip(jobs, results) if (j.task, j.arm) == (task, arm.name)]
             if not tried:
                 chosen[task, arm.name] = arm.learning_rates(task)[0]
                 continue
@@ -130,38 +158,20 @@ def run_grid(config: Config, out: str | Path, *, reporter: Reporter = _quiet, re
             sweeps.append({"task": task, "arm": arm.name, "scores": scores, "chosen": lr})
             chosen[task, arm.name] = lr
             job, result = next((j, r) for j, r in tried if j.lr == lr)
-            if job.steps == full:
+            if job.steps == config.train.steps:
                 reuse[task, arm.name, job.seed] = result
+    return sweeps, chosen, reuse
 
-    seed_jobs, runs = [], []
-    for task in config.train.tasks:
-        for arm in config.arms:
-            lr = chosen[task, arm.name]
-            for seed in config.train.seeds:
-                if (task, arm.name, seed) not in reuse:
-                    seed_jobs.append(Job(
-                        task, arm.name, seed, lr, out / "runs" / task / arm.name / f"seed{seed}", full,
-                        tuple(config.train.eval_splits), f"{task} · {arm.name} · seed {seed} · lr={lr:g}",
-                    ))
-    seed_results = iter(_run_jobs(seed_jobs, runner, reporter, resume))
-    for task in config.train.tasks:
-        for arm in config.arms:
-            for seed in config.train.seeds:
-                runs.append(reuse.get((task, arm.name, seed)) or next(seed_results))
 
-    results = {
-        "config": config_dict(config),
-        "machine": machine(config),
-        "wall_seconds": time.perf_counter() - started,
-        "sweeps": sweeps,
-        "runs": runs,
-        "summary": summarize(runs),
-    }
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    from moil.report import write_report
-
-    write_report(results, out)
-    return results
+def _seed_jobs(config: Config, out: Path, chosen: dict, reuse: dict) -> list[Job]:
+    """One job per task × arm × seed at the chosen lr, except the sweep runs reused."""
+    return [
+        Job(task, arm.name, seed, chosen[task, arm.name], out / "runs" / task / arm.name / f"seed{seed}",
+            config.train.steps, tuple(config.train.eval_splits),
+            f"{task} · {arm.name} · seed {seed} · lr={chosen[task, arm.name]:g}")
+        for task in config.train.tasks for arm in config.arms for seed in config.train.seeds
+        if (task, arm.name, seed) not in reuse
+    ]
 
 
 def summarize(runs: list[dict]) -> list[dict]:

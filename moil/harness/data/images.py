@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from moil.data._checks import check_fraction, check_positive_int
+from moil.harness.data._checks import check_fraction, check_positive_int
 
 __all__ = [
     "DIGIT_NAMES",

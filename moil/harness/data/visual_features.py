@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moil.data._checks import check_positive_int
-from moil.data.cache import content_key, load_or_compute
+from moil.harness.data._checks import check_positive_int
+from moil.harness.data.cache import content_key, load_or_compute
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "LITE_MEAN", "LITE_STD", "EfficientNetLite0Grid"]
 
@@ -204,7 +204,7 @@ class EfficientNetLite0Grid:
     ) -> Tensor:
         """Like ``self(images)`` but read from / written to the safetensors cache.
 
-        Keyed by :meth:`cache_key`; see :mod:`moil.data.cache` for the folder
+        Keyed by :meth:`cache_key`; see :mod:`moil.harness.data.cache` for the folder
         (``cache_dir`` > ``$MOIL_CACHE`` > ``~/.cache/moil``) and corrupt-file handling.
         Returns ``(N, T, D)`` float32.
         """

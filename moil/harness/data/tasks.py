@@ -27,8 +27,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from moil.data._checks import check_positive_int
-from moil.data.text import CaptionBank, QuestionBank
+from moil.harness.data._checks import check_positive_int
+from moil.harness.data.text import CaptionBank, QuestionBank
 
 __all__ = ["as_generator", "itm_batches", "vqa_batches"]
 
@@ -91,7 +91,7 @@ def itm_batches(
     Args:
         visual_embeds: ``(N, T, D)`` float visual tokens of the split's images.
         labels: ``(N,)`` int64 image classes.
-        captions: the split's :class:`~moil.data.text.CaptionBank`.
+        captions: the split's :class:`~moil.harness.data.text.CaptionBank`.
         batch_size: rows per batch, even (``batch_size / 2`` images).
         generator: seed or generator for image order, templates and negative classes.
         shuffle: permute the images (else split order).
@@ -152,7 +152,7 @@ def vqa_batches(
     Args:
         visual_embeds: ``(N, T, D)`` float visual tokens of the split's images.
         labels: ``(N,)`` int64 image classes.
-        questions: the split's :class:`~moil.data.text.QuestionBank`.
+        questions: the split's :class:`~moil.harness.data.text.QuestionBank`.
         batch_size: images (= rows) per batch.
         generator: seed or generator for image order, families and phrasings.
         shuffle: permute the images (else split order).

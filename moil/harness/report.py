@@ -12,10 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # a figure of its own: no pyplot state, no backend switch
 
 __all__ = ["write_report", "table_markdown", "CANDIDATE_LABELS"]
 
@@ -78,7 +75,8 @@ def _curves(out: Path, runs: list[dict], task: str) -> list[str]:
     ):
         if not series:
             continue
-        fig, ax = plt.subplots(figsize=(6.4, 4))
+        fig = Figure(figsize=(6.4, 4))
+        ax = fig.subplots()
         for label, seeds in series.items():
             length = min(len(s) for s in seeds)
             mean = [sum(s[i] for s in seeds) / len(seeds) for i in range(length)]
@@ -92,7 +90,6 @@ def _curves(out: Path, runs: list[dict], task: str) -> list[str]:
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
-        plt.close(fig)
         files.append(name)
     return files
 
@@ -102,7 +99,8 @@ def _spectrum(out: Path, runs: list[dict], task: str) -> list[str]:
         if run["task"] != task or not run.get("imitation"):
             continue
         name, info = next(iter(run["imitation"].items()))
-        fig, ax = plt.subplots(figsize=(6.4, 4))
+        fig = Figure(figsize=(6.4, 4))
+        ax = fig.subplots()
         for key, label in (("spectrum_teacher", "teacher update W − W0"),
                            ("spectrum_target", "target update W̄ − W0"),
                            ("spectrum_student", f"student update Ŵ − W0 ({name})")):
@@ -121,7 +119,6 @@ def _spectrum(out: Path, runs: list[dict], task: str) -> list[str]:
         fig.tight_layout()
         file = f"spectrum-{task}.png"
         fig.savefig(out / file, dpi=110)
-        plt.close(fig)
         return [file]
     return []
 

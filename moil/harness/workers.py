@@ -1,10 +1,13 @@
 """Grid runs in worker processes: ``in_processes(jobs, config, reporter, resume)``.
 
 Each worker (spawned, not forked: a forked child would inherit torch's thread
-pools mid-state) builds its own :class:`~moil.experiment.Runner` and takes jobs
+pools mid-state) builds its own :class:`~moil.harness.jobs.Runner` and takes jobs
 from the pool; progress goes back to the parent's bars through a queue. Ctrl-C
 and failed runs are the parent's to handle: it sets a stop event that every run
 checks after each step (then checkpoints and stops), and queued runs never start.
+
+Torch's intra-op thread count is process-global: a worker sets its own; in the
+caller's process :func:`intra_op_threads` sets it for a block and restores it.
 """
 
 from __future__ import annotations
@@ -12,17 +15,18 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from queue import Empty
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
-from moil.config import Config
-from moil.experiment import Job, Runner
+from moil.harness.config import Config
+from moil.harness.jobs import Job, Runner
 
-__all__ = ["in_processes", "worker_threads"]
+__all__ = ["Reporter", "in_processes", "intra_op_threads", "worker_threads"]
 
 #: ``start(label, total_steps) -> on_step(step, metrics)``; the CLI draws progress bars.
 Reporter = Callable[[str, int], Callable[[int, dict], None]]
@@ -31,6 +35,20 @@ Reporter = Callable[[str, int], Callable[[int, dict], None]]
 def worker_threads(config: Config) -> int:
     """Intra-op threads of each worker: as configured, else cores ÷ workers."""
     return config.train.threads or max(1, (os.cpu_count() or 1) // config.train.workers)
+
+
+@contextmanager
+def intra_op_threads(threads: int) -> Iterator[None]:
+    """Torch's intra-op threads = ``threads`` inside the block (0: left as it is), and
+    the caller's count again after it, however the block ends."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 _worker: dict[str, Any] = {}

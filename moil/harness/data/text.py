@@ -16,7 +16,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from moil.data.prompts import TaskText
+from moil.harness.data.prompts import TaskText
 
 __all__ = [
     "CaptionBank",

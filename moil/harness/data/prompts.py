@@ -190,7 +190,7 @@ def fashion_task_text(class_names: tuple[str, ...]) -> TaskText:
 
 
 def task_text_for(dataset: str, class_names: tuple[str, ...]) -> TaskText:
-    """:class:`TaskText` for an :class:`~moil.data.images.ImageSplits` name."""
+    """:class:`TaskText` for an :class:`~moil.harness.data.images.ImageSplits` name."""
     makers = {"digits": digit_task_text, "fashion": fashion_task_text}
     if dataset not in makers:
         raise ValueError(f"no task text for dataset={dataset!r}; known: {sorted(makers)}.")

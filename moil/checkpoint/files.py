@@ -1,18 +1,8 @@
-"""Checkpoints: flat ``dict[str, Tensor]`` + JSON metadata in one safetensors file.
+"""The checkpoint file: flat ``dict[str, Tensor]`` + JSON metadata in one safetensors file.
 
 Safetensors only (never pickle): a checkpoint holds tensors and text, so loading
 one can never run code. Writes are atomic — a crash or a kill mid-write leaves
-the previous checkpoint intact. Nested state (student, optimiser, RNG, step) is
-stored by :func:`flatten`-ing it to ``"/"``-joined keys; :func:`unflatten`
-rebuilds it. :func:`encode_generator` / :func:`encode_scalar` turn a
-``torch.Generator`` and Python numbers into tensors so a run resumes bitwise.
-
-Example:
-  >>> state = {"student": {"q::lora_a": torch.ones(2, 3)}, "step": encode_scalar(7)}
-  >>> save_checkpoint(path, flatten(state), {"recipe": "moil"})      # doctest: +SKIP
-  >>> tensors, meta = load_checkpoint(path)                          # doctest: +SKIP
-  >>> decode_scalar(unflatten(tensors)["step"])                      # doctest: +SKIP
-  7
+the previous checkpoint intact.
 """
 
 from __future__ import annotations
@@ -35,14 +25,8 @@ __all__ = [
     "CheckpointMismatchError",
     "CorruptCheckpointError",
     "check_matches",
-    "decode_generator",
-    "decode_scalar",
-    "encode_generator",
-    "encode_scalar",
-    "flatten",
     "load_checkpoint",
     "save_checkpoint",
-    "unflatten",
 ]
 
 FORMAT = "moil.checkpoint"
@@ -131,8 +115,9 @@ def _prepare(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
             raise TypeError(f"checkpoint keys must be strings, got {key!r}.")
         if not isinstance(value, Tensor):
             raise TypeError(
-                f"checkpoint value {key!r} is a {type(value).__name__}, not a tensor; convert "
-                "generators with encode_generator and numbers with encode_scalar."
+                f"checkpoint value {key!r} is a {type(value).__name__}, not a tensor; store "
+                "numbers in the metadata — split_state(state) gives a state's tensors and its "
+                "scalars — and a torch.Generator as generator.get_state()."
             )
         if value.layout != torch.strided:
             raise TypeError(f"checkpoint value {key!r} is {value.layout}; call .to_dense() first.")
@@ -257,21 +242,7 @@ def check_matches(
     dtypes: bool = True,
 ) -> None:
     """Raise :class:`CheckpointMismatchError` unless keys, shapes (and ``dtypes``) agree."""
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} key(s) missing from the checkpoint, e.g. {missing[:3]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
-    for key in sorted(set(expected) & set(tensors)):
-        got, want = tensors[key], expected[key]
-        if tuple(got.shape) != tuple(want.shape):
-            problems.append(f"{key!r} has shape {tuple(got.shape)}, expected {tuple(want.shape)}")
-        elif dtypes and got.dtype != want.dtype:
-            problems.append(f"{key!r} has dtype {got.dtype}, expected {want.dtype}")
-        if len(problems) >= 5:
-            break
+    problems = _problems(tensors, expected, dtypes)
     if problems:
         raise CheckpointMismatchError(
             f"{source}: checkpoint made for another model/config: "
@@ -280,107 +251,29 @@ def check_matches(
         )
 
 
-# ----------------------------------------------------------------------------- trees
+def _kind(x: Any) -> type:
+    # JSON gives back bool / int / float; a template's numpy float is a float.
+    return next((k for k in (bool, int, float) if isinstance(x, k)), type(x))
 
 
-def flatten(tree: Mapping[str, Any], *, prefix: str = "") -> dict[str, Tensor]:
-    """``{"a": {"b": t}}`` → ``{"a/b": t}``; inverse of :func:`unflatten`.
-
-    Key segments may contain ``"."`` and ``"::"`` but not ``"/"`` nor be empty;
-    leaves must be tensors (use :func:`encode_scalar` / :func:`encode_generator`
-    for other state); nested mappings must be non-empty (an empty one has no key
-    to store). The tensors themselves are not copied.
-    """
-    if not isinstance(tree, Mapping):
-        raise TypeError(f"flatten: expected a mapping, got {type(tree).__name__} at {prefix!r}.")
-    out: dict[str, Tensor] = {}
-    for key, value in tree.items():
-        if not isinstance(key, str) or not key or KEY_SEP in key:
-            raise ValueError(
-                f"flatten: key {key!r} under {prefix or '<root>'!r} must be a non-empty string "
-                f"without {KEY_SEP!r} (the separator of flat checkpoint keys); rename it."
-            )
-        path = f"{prefix}{KEY_SEP}{key}" if prefix else key
-        if isinstance(value, Tensor):
-            out[path] = value
-        elif isinstance(value, Mapping):
-            if not value:
-                raise ValueError(f"flatten: {path!r} is an empty mapping, which cannot be stored.")
-            out.update(flatten(value, prefix=path))
-        else:
-            raise TypeError(
-                f"flatten: {path!r} is a {type(value).__name__}; leaves must be tensors "
-                "(use encode_scalar / encode_generator)."
-            )
-    return out
-
-
-def unflatten(flat: Mapping[str, Tensor]) -> dict[str, Any]:
-    """``{"a/b": t}`` → ``{"a": {"b": t}}``; inverse of :func:`flatten`."""
-    tree: dict[str, Any] = {}
-    for key, value in flat.items():
-        parts = key.split(KEY_SEP)
-        if not all(parts):
-            raise ValueError(f"unflatten: key {key!r} has an empty segment.")
-        node = tree
-        for i, part in enumerate(parts[:-1]):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(
-                    f"unflatten: {key!r} nests under {KEY_SEP.join(parts[: i + 1])!r}, "
-                    "which is also a tensor."
-                )
-        if parts[-1] in node:
-            raise ValueError(f"unflatten: {key!r} is both a tensor and a prefix of other keys.")
-        node[parts[-1]] = value
-    return tree
-
-
-# ----------------------------------------------------------------------------- RNG and scalars
-
-
-def encode_generator(generator: torch.Generator) -> Tensor:
-    """A ``torch.Generator``'s state as a 1-D ``uint8`` CPU tensor (a copy)."""
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"encode_generator: expected a torch.Generator, got {type(generator).__name__}."
-        )
-    return generator.get_state().clone()
-
-
-def decode_generator(state: Tensor, device: str | torch.device = "cpu") -> torch.Generator:
-    """A new ``torch.Generator`` on ``device`` in the state :func:`encode_generator` saved."""
-    if not isinstance(state, Tensor) or state.dtype != torch.uint8 or state.ndim != 1:
-        raise ValueError(
-            "decode_generator: state must be the 1-D uint8 tensor made by encode_generator, got "
-            + (
-                f"{state.dtype} of shape {tuple(state.shape)}"
-                if isinstance(state, Tensor)
-                else type(state).__name__
-            )
-            + "."
-        )
-    generator = torch.Generator(device=device)
-    generator.set_state(state.cpu().clone())
-    return generator
-
-
-def encode_scalar(value: bool | float) -> Tensor:
-    """A Python ``bool``/``int``/``float`` as a 0-d tensor (bool / int64 / float64), exactly."""
-    if isinstance(value, bool):
-        return torch.tensor(value, dtype=torch.bool)
-    if isinstance(value, int):
-        if not -(2**63) <= value < 2**63:
-            raise OverflowError(f"encode_scalar: {value} does not fit in int64.")
-        return torch.tensor(value, dtype=torch.int64)
-    if isinstance(value, float):
-        return torch.tensor(value, dtype=torch.float64)
-    raise TypeError(f"encode_scalar: expected bool, int or float, got {type(value).__name__}.")
-
-
-def decode_scalar(tensor: Tensor) -> bool | int | float:
-    """Inverse of :func:`encode_scalar`: the Python number of a 0-d tensor."""
-    if not isinstance(tensor, Tensor) or tensor.ndim != 0:
-        shape = tuple(tensor.shape) if isinstance(tensor, Tensor) else type(tensor).__name__
-        raise ValueError(f"decode_scalar: expected a 0-d tensor, got {shape}.")
-    return tensor.item()
+def _problems(got: Mapping[str, Any], want: Mapping[str, Any], dtypes: bool = True) -> list[str]:
+    """At most five differences of keys, then shapes / dtypes (tensors) or types (scalars)."""
+    missing = sorted(set(want) - set(got))
+    unexpected = sorted(set(got) - set(want))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} key(s) missing from the checkpoint, e.g. {missing[:3]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
+    for key in sorted(set(want) & set(got)):
+        g, w = got[key], want[key]
+        if not isinstance(w, Tensor):
+            if _kind(g) is not _kind(w):
+                problems.append(f"{key!r} is {g!r}, expected a {_kind(w).__name__}")
+        elif tuple(g.shape) != tuple(w.shape):
+            problems.append(f"{key!r} has shape {tuple(g.shape)}, expected {tuple(w.shape)}")
+        elif dtypes and g.dtype != w.dtype:
+            problems.append(f"{key!r} has dtype {g.dtype}, expected {w.dtype}")
+        if len(problems) >= 5:
+            break
+    return problems

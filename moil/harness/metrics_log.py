@@ -1,0 +1,51 @@
+"""``metrics.jsonl``: a run's per-step metrics, one JSON line per step, safe to resume."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+__all__ = ["MetricsLog"]
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON line per step, flushed as it goes.
+
+    Resumed, it keeps the lines of steps before the first one trained again: steps
+    logged after the last checkpoint (a run killed between checkpoints) are replayed,
+    not doubled. The rewrite is atomic, so a kill during it loses nothing.
+    """
+
+    def __init__(self, path: Path, resume: bool) -> None:
+        self.path, self._check = path, resume and path.exists()
+        self._file = path.open("a" if self._check else "w")
+
+    def write(self, step: int, metrics: dict) -> None:
+        if self._check:
+            self._check = False
+            self._drop_from(step)
+        self._file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self._file.flush()
+
+    def _drop_from(self, step: int) -> None:
+        def before(line: str) -> bool:
+            try:
+                return json.loads(line)["step"] < step
+            except (ValueError, KeyError, TypeError):
+                return False  # a line cut short by a kill
+
+        lines = self.path.read_text().splitlines()
+        keep = [line for line in lines if before(line)]
+        if len(keep) != len(lines):
+            self._file.close()
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            os.replace(tmp, self.path)
+            self._file = self.path.open("a")
+
+    def __enter__(self) -> "MetricsLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()

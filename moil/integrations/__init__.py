@@ -1,0 +1,1 @@
+"""moil inside the training loops people already use (optional extras)."""
