@@ -29,11 +29,11 @@ from torch import Tensor, nn
 
 from moil.backbones import Backbone, from_model
 from moil.backbones.targets import Patterns
-from moil.momentum import MomentumTarget, check_fits_run
+from moil.momentum import MomentumTarget
 from moil.optim import AdamW
 from moil.recipes.imitation import Imitation, ImitationState
 from moil.recipes.parts import PerBackbone
-from moil.recipes.student import Student, as_students
+from moil.recipes.student import Student, as_students, check_momenta_fit_run
 from moil.recipes.task_step import clone, default_optimizer
 from moil.schedules import HalfLife, bind_fields
 from moil.solvers import Gradient
@@ -110,8 +110,7 @@ class ImitationObserver:
     def for_run(self, steps: int) -> ImitationObserver:
         """Schedules bound to a run of ``steps`` updates (warns for a too-slow momentum)."""
         bound = bind_fields(self, steps)
-        for schedule in {bound.momentum if s.momentum is None else s.momentum for s in bound.students.values()}:
-            check_fits_run(MomentumTarget(schedule).schedule, steps)
+        check_momenta_fit_run(bound.students, bound.momentum, steps)
         return bound
 
     def _live(self, model: nn.Module) -> dict[str, Tensor]:

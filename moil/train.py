@@ -1,7 +1,7 @@
 """The training loop: step a recipe over batches, checkpoint, resume exactly.
 
 Everything that changes lives in the recipe's state, so resuming is
-``restore(init(...), checkpoint)`` and continuing with the batch of the next
+``restore_state(init(...), checkpoint)`` and continuing with the batch of the next
 step: a run stopped after ``k`` steps and resumed ends bitwise equal to one that
 never stopped (on the same device and threads).
 """

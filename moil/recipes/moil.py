@@ -8,13 +8,13 @@ from typing import Any, NamedTuple
 import attrs
 from torch import Tensor
 
-from moil.momentum import MomentumTarget, check_fits_run
+from moil.momentum import MomentumTarget
 from moil.optim import AdamW
 from moil.recipes.finetune import FineTuneState, FullFineTune
 from moil.recipes.imitation import Imitation, ImitationState
 from moil.recipes.parts import PerBackbone
 from moil.recipes.protocol import dense_size, head_size
-from moil.recipes.student import Student, as_students
+from moil.recipes.student import Student, as_students, check_momenta_fit_run
 from moil.recipes.task_step import TaskLoss, default_optimizer, positive_scale
 from moil.schedules import HalfLife, bind_fields
 from moil.solvers import Gradient
@@ -105,9 +105,7 @@ class MoIL:
         """Schedules bound to a run of ``steps``; warns (:class:`~moil.momentum.MomentumWarning`)
         for a momentum whose target would stay mostly at ``W0`` over the run."""
         bound = bind_fields(self, steps)
-        schedules = {bound.momentum if s.momentum is None else s.momentum for s in bound.students.values()}
-        for schedule in schedules:
-            check_fits_run(MomentumTarget(schedule).schedule, steps)
+        check_momenta_fit_run(bound.students, bound.momentum, steps)
         return bound
 
     # -- the recipe protocol ---------------------------------------------------

@@ -11,9 +11,9 @@ import attrs
 import torch
 
 from moil.approx import Adapter, Approximation
-from moil.momentum import MomentumTarget
+from moil.momentum import MomentumTarget, check_fits_run
 
-__all__ = ["Student", "as_students", "student_seed"]
+__all__ = ["Student", "as_students", "check_momenta_fit_run", "student_seed"]
 
 
 def _momentum(instance, attribute, value) -> None:
@@ -90,6 +90,13 @@ class Student:
         if self.sharing is not None:
             return Adapter(self.approx, backbone.targets, self.sharing or None)
         return backbone.adapter(self.approx)
+
+
+def check_momenta_fit_run(students: Mapping[str, Student], default: Any, steps: int) -> None:
+    """Warn for every distinct momentum of ``students`` (``default`` where a student has
+    none) that would leave its target mostly at ``W0`` over a run of ``steps``."""
+    for schedule in {default if s.momentum is None else s.momentum for s in students.values()}:
+        check_fits_run(MomentumTarget(schedule).schedule, steps)
 
 
 def as_students(students: Any) -> dict[str, Student]:
