@@ -25,6 +25,7 @@ Example:
 from moil.backbones.base import Backbone, auto_sharing, from_model
 from moil.backbones.calls import LABEL_KEYS, Logits, SelectInputs, forward_inputs, logits_of
 from moil.backbones.family import FAMILIES, Family, Task, get_family
+from moil.backbones.moments import input_moments
 from moil.backbones.targets import (
     Linear,
     combine,
@@ -38,6 +39,7 @@ from moil.backbones.targets import (
 __all__ = [
     "Backbone",
     "FAMILIES",
+    "input_moments",
     "Family",
     "Task",
     "from_model",

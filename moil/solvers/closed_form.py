@@ -21,7 +21,7 @@ from moil.approx import TRANSFORM_KEYS, Adapter, Hybrid, LowRank, Transform
 from moil.approx.protocol import positive_int
 from moil.objectives import best_low_rank, eckart_young
 
-__all__ = ["SVDFit", "ALSFit", "reduced_rank_regression"]
+__all__ = ["SVDFit", "ALSFit", "bias_shift", "check_als_adapter", "reduced_rank_regression"]
 
 Tensors = Mapping[str, Tensor]
 
@@ -76,6 +76,58 @@ def _low_rank_step(g: Tensor, targets: list[Tensor], w0: list[Tensor], rank: int
                 n = None
         out.append(reduced_rank_regression(g.T, y.T, rank).T if n is None else n)
     return out
+
+
+def check_als_adapter(adapter: Adapter, fit: str) -> tuple[LowRank | None, Transform, dict[str, tuple[str, ...]]]:
+    """``(low rank part or None, transform, groups)`` of an adapter an ALS-style fit can solve.
+
+    Raises:
+      TypeError: the approximation is not an input-side Transform / Hybrid.
+      ValueError: ``lora_a`` is shared, or the transform is shared only in part.
+    """
+    approx = adapter.approx
+    if isinstance(approx, Hybrid):
+        low, transform = approx.low_rank, approx.transform
+    elif isinstance(approx, Transform):
+        low, transform = None, approx
+    else:
+        raise TypeError(
+            f"{fit} fits the input-side Transform/Hybrid, got {type(approx).__name__}; use "
+            "SVDFit for LowRank and Gradient steps for OutputTransform/OutputHybrid."
+        )
+    if low is not None and adapter.sharing is not None and "lora_a" in adapter.sharing.keys:
+        raise ValueError(f"{fit}: a shared lora_a has no closed form; use Gradient steps.")
+    shared = adapter.sharing.keys & set(TRANSFORM_KEYS) if adapter.sharing else set()
+    if shared and shared != set(TRANSFORM_KEYS):
+        raise ValueError(
+            f"{fit}: the transform is shared only in part ({sorted(shared)}); share all of "
+            "TRANSFORM_KEYS or none."
+        )
+    groups = adapter.groups() if shared else {t: (t,) for t in adapter.targets}
+    return low, transform, groups
+
+
+def bias_shift(
+    adapter: Adapter, members: tuple[str, ...], base: Tensors, target: Tensors, lows: list[Tensor], rank: int
+) -> dict[str, Tensor]:
+    r"""The transform's bias parameters: ``b̂_t = L_t (U a + c) + b0_t`` with ``a = 0``, ``c = s``.
+
+    ``s = argmin Σ_t ‖(b̄_t − b0_t) − L_t s‖²`` (least squares over the group's
+    stacked ``L_t``, each ``(out_t, in)``). Returns float64 tensors keyed by the group's owner.
+    """
+    f64 = torch.float64
+    like = base[f"{members[0]}.weight"]
+    gaps = []
+    for t in members:
+        b0, tb = base.get(f"{t}.bias"), target.get(f"{t}.bias")
+        ref = torch.zeros(like.shape[0], dtype=f64, device=like.device) if tb is None else tb.to(f64)
+        gaps.append(ref - (0 if b0 is None else b0.to(f64)))
+    shift = torch.linalg.lstsq(torch.cat(lows), torch.cat(gaps)[:, None]).solution[:, 0]
+    t0 = members[0]
+    return {
+        adapter.key(t0, "transform_up_bias"): shift,
+        adapter.key(t0, "transform_down_bias"): torch.zeros(rank, dtype=f64, device=like.device),
+    }
 
 
 @attrs.frozen
@@ -138,25 +190,7 @@ class ALSFit:
     def fit(
         self, adapter: Adapter, base: Tensors, target: Tensors, params: Tensors
     ) -> dict[str, Tensor]:
-        approx = adapter.approx
-        if isinstance(approx, Hybrid):
-            low, transform = approx.low_rank, approx.transform
-        elif isinstance(approx, Transform):
-            low, transform = None, approx
-        else:
-            raise TypeError(
-                f"ALSFit fits the input-side Transform/Hybrid, got {type(approx).__name__}; use "
-                "SVDFit for LowRank and Gradient steps for OutputTransform/OutputHybrid."
-            )
-        if low is not None and adapter.sharing is not None and "lora_a" in adapter.sharing.keys:
-            raise ValueError("ALSFit: a shared lora_a has no closed form; use Gradient steps.")
-        shared = adapter.sharing.keys & set(TRANSFORM_KEYS) if adapter.sharing else set()
-        if shared and shared != set(TRANSFORM_KEYS):
-            raise ValueError(
-                f"ALSFit: the transform is shared only in part ({sorted(shared)}); share all of "
-                "TRANSFORM_KEYS or none."
-            )
-        groups = adapter.groups() if shared else {t: (t,) for t in adapter.targets}
+        low, transform, groups = check_als_adapter(adapter, "ALSFit")
         out = dict(params)
         views = adapter.views(params)
         for members in groups.values():
@@ -196,15 +230,6 @@ class ALSFit:
         t0 = members[0]
         fitted[adapter.key(t0, "transform_up")] = up
         fitted[adapter.key(t0, "transform_down")] = down
-        # Bias: b̂ = L (U a + c) + b0 — solve for the shift s = U a + c.
-        gaps = []
-        for t in members:
-            b0 = base.get(f"{t}.bias")
-            tb = target.get(f"{t}.bias")
-            ref = torch.zeros(like.shape[0], dtype=f64, device=like.device) if tb is None else tb.to(f64)
-            gaps.append(ref - (0 if b0 is None else b0.to(f64)))
-        shift = torch.linalg.lstsq(torch.cat(lows), torch.cat(gaps)[:, None]).solution[:, 0]
-        fitted[adapter.key(t0, "transform_up_bias")] = shift
-        fitted[adapter.key(t0, "transform_down_bias")] = torch.zeros(transform.rank, dtype=f64, device=like.device)
+        fitted.update(bias_shift(adapter, members, base, target, lows, transform.rank))
         # .to() keeps a view's strides: copy, so a resumed run sees the same layout.
         return {k: v.to(like).contiguous() for k, v in fitted.items()}
