@@ -247,6 +247,9 @@ def _data_aware_term(
         )
     in_f, size = student[key].shape[1], sigma.shape[0]
     d = target[key].detach() - student[key]
+    # A float64 moment (input_moments) with float32 weights: compute in the wider dtype.
+    wide = torch.promote_types(d.dtype, sigma.dtype)
+    d, sigma = d.to(wide), sigma.to(wide)
     if size == in_f:
         return ((d @ sigma) * d).sum()
     if size != in_f + 1:

@@ -8,7 +8,7 @@ real inputs (``E‖(W̄ − Ŵ)x‖²``), and :func:`allocate_ranks` splits a st
 budget over targets by their spectra.
 """
 
-from moil.solvers.allocation import allocate_ranks, allocation_error, rank_costs, spectra
+from moil.solvers.allocation import adapters_by_rank, allocate_ranks, allocation_error, rank_costs, spectra
 from moil.solvers.closed_form import ALSFit, SVDFit, reduced_rank_regression
 from moil.solvers.data_aware import WhitenedALSFit, WhitenedSVDFit, whitening
 from moil.solvers.gradient import Gradient
@@ -19,6 +19,7 @@ __all__ = [
     "SVDFit",
     "WhitenedALSFit",
     "WhitenedSVDFit",
+    "adapters_by_rank",
     "allocate_ranks",
     "allocation_error",
     "rank_costs",

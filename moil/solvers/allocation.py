@@ -20,12 +20,12 @@ the budget is kept instead whenever it is better — never worse than uniform.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
 
-__all__ = ["allocate_ranks", "allocation_error", "rank_costs", "spectra"]
+__all__ = ["adapters_by_rank", "allocate_ranks", "allocation_error", "rank_costs", "spectra"]
 
 
 def spectra(deltas: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -98,6 +98,22 @@ def allocate_ranks(
     if uniform is not None and allocation_error(spectra, uniform) < allocation_error(spectra, ranks):
         return uniform
     return ranks
+
+
+def adapters_by_rank(ranks: Mapping[str, int], approximation: Callable[[int], object]) -> dict[int, object]:
+    """``{r: Adapter(approximation(r), targets with rank r)}`` — one adapter per allocated rank.
+
+    An :class:`~moil.approx.Adapter` has one approximation for all its targets, so a
+    per-target allocation becomes one adapter per distinct rank; their parameter keys
+    never collide (each names its target), so ``{**a.merge(p_a, base), **b.merge(p_b, base)}``
+    is the whole student.
+    """
+    from moil.approx import Adapter
+
+    by_rank: dict[int, list[str]] = {}
+    for target, rank in ranks.items():
+        by_rank.setdefault(rank, []).append(target)
+    return {r: Adapter(approximation(r), tuple(ts)) for r, ts in sorted(by_rank.items())}
 
 
 def _uniform(spectra, costs, budget, min_rank) -> dict[str, int] | None:
