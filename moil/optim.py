@@ -26,7 +26,10 @@ def _learning_rate(instance, attribute, value) -> None:
     if callable(value):
         bounds = bounds_of(value)
         if bounds is not None and bounds[0] < 0:
-            raise ValueError(f"AdamW: the lr schedule {value!r} goes below 0; learning rates are >= 0.")
+            raise ValueError(
+                f"AdamW: the lr schedule {value!r} goes below 0 (lowest {bounds[0]!r}); learning rates are "
+                ">= 0, e.g. lr=moil.schedules.WarmupLinearDecay(1e-3)."
+            )
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(
@@ -34,14 +37,14 @@ def _learning_rate(instance, attribute, value) -> None:
             "or lr=moil.schedules.WarmupLinearDecay(1e-3)."
         )
     if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"AdamW: lr must be a finite number >= 0, got lr={value!r}.")
+        raise ValueError(f"AdamW: lr must be a finite number >= 0, got lr={value!r}; e.g. lr=1e-3.")
 
 
 def _non_negative(instance, attribute, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(
             f"{type(instance).__name__}: {attribute.name} must be a finite number >= 0, got "
-            f"{attribute.name}={value!r}."
+            f"{attribute.name}={value!r}; e.g. {attribute.name}={attribute.default!r} (the default)."
         )
 
 
@@ -76,7 +79,7 @@ class AdamW:
     @betas.validator
     def _check_betas(self, attribute, value) -> None:
         if len(value) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in value):
-            raise ValueError(f"AdamW: betas must be two numbers in [0, 1), got betas={value!r}.")
+            raise ValueError(f"AdamW: betas must be two numbers in [0, 1), got betas={value!r}; e.g. betas=(0.9, 0.98).")
 
     def learning_rate(self, step: int) -> float:
         """``η`` at update ``step`` (0-based); a schedule's value is checked here."""

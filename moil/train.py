@@ -9,7 +9,8 @@ never stopped (on the same device and threads).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,19 +18,46 @@ import torch
 from torch import Tensor
 
 from moil.checkpoint import load_checkpoint, restore_state, save_checkpoint, split_state
+from moil.distributed import (
+    active,
+    agree,
+    check_plain_tensors,
+    full_state,
+    init_world,
+    local_state,
+    on_main,
+    shard_batch,
+)
 from moil.precision import DTYPES, Autocast
 from moil.schedules import bind_run
 
-__all__ = ["CHECKPOINT", "evaluate", "load_state", "save_state", "step_seed", "train"]
+__all__ = ["CHECKPOINT", "evaluate", "first_non_finite", "load_state", "save_state", "step_seed", "train"]
 
 CHECKPOINT = "checkpoint.safetensors"
 Batches = Callable[[int], Mapping[str, Tensor]] | Iterable[Mapping[str, Tensor]]
 
 
-def save_state(path: str | Path, state: Any, metadata: Mapping[str, Any] | None = None) -> None:
-    """Atomically write a recipe state (tensors + scalars) to ``path``."""
+def save_state(path: str | Path, state: Any, metadata: Mapping[str, Any] | None = None,
+               *, keep_previous: bool = False) -> None:
+    """Atomically write a recipe state (tensors + scalars) to ``path``.
+
+    Raises:
+      FloatingPointError: a tensor of the state is NaN/inf (only finite states are
+        checkpointed); nothing is written.
+    """
     tensors, scalars = split_state(state)
-    save_checkpoint(path, tensors, {"scalars": scalars, **(metadata or {})})
+    if (bad := first_non_finite(tensors)) is not None:
+        raise FloatingPointError(f"save_state: {bad!r} holds NaN/inf; {path} was not written.")
+    save_checkpoint(path, tensors, {"scalars": scalars, **(metadata or {})}, keep_previous=keep_previous)
+
+
+def first_non_finite(tensors: Mapping[str, Tensor]) -> str | None:
+    """The first key (sorted) whose floating-point tensor holds a NaN or inf, else ``None``."""
+    for key in sorted(tensors):
+        t = tensors[key]
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            return key
+    return None
 
 
 def load_state(path: str | Path, template: Any) -> tuple[Any, dict]:
@@ -49,6 +77,7 @@ def train(
     seed: int = 0,
     run_dir: str | Path | None = None,
     checkpoint_every: int | None = None,
+    checkpoint_seconds: float | None = None,
     resume: bool = False,
     on_step: Callable[[int, dict], None] | None = None,
     precision: Literal["fp32", "bf16", "fp16"] = "fp32",
@@ -62,20 +91,30 @@ def train(
         (:func:`moil.schedules.bind_run`): ``total_steps=None`` becomes the run's length,
         a schedule that ends earlier is refused, a momentum too slow for the run warns.
       backbone: a :class:`moil.backbones.Backbone`.
-      batches: ``step -> batch`` (best: resume needs no replay) or an iterable
-        (on resume the first ``k`` batches are skipped).
+      batches: ``step -> batch`` (best: resume needs no replay), a re-iterable (a
+        ``DataLoader``, a list, a dataset of batches: passed over epoch after epoch,
+        ``set_epoch(e)`` called on it or its sampler first when it has one) or a one-shot
+        iterator (it must last ``steps`` batches). On resume the first ``k`` batches are
+        skipped; exact when each pass yields the batches an uninterrupted run saw (e.g. a
+        ``DataLoader`` with a seeded ``generator``, or a sampler keyed by ``set_epoch``).
       steps: total steps (a resumed run continues up to this count).
       seed: student-initialisation seed (recorded; resume checks it).
       run_dir: where ``checkpoint.safetensors`` goes; ``None`` = no checkpoints.
       checkpoint_every: also checkpoint every this many steps.
+      checkpoint_seconds: also checkpoint after a step when this many seconds have
+        passed since the last checkpoint (bounds what a SIGKILL loses).
       resume: continue from ``run_dir``'s checkpoint if there is one.
       on_step: called as ``on_step(step, metrics)`` after each step.
       precision: autocast dtype of the forward (``"bf16"``/``"fp16"``) or fp32.
       compile: run ``recipe.step`` under ``torch.compile``.
       finalize: apply the recipe's end-of-training fits (e.g. a final SVD fit).
 
-    If a step raises (NaN loss, Ctrl-C), the last good state is checkpointed
-    before the error propagates, so no finished step is lost.
+    If a step raises (NaN loss, Ctrl-C, SIGTERM turned into an exception by the
+    caller), the last good state is checkpointed before the error propagates, so no
+    finished step is lost. Only a finite state is ever checkpointed: a state holding
+    NaN/inf (e.g. an optimiser moment that overflowed) leaves the last finite
+    checkpoint in place. The checkpoint before the newest is kept as
+    ``checkpoint.prev.safetensors``.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"train: steps must be an integer >= 0, got steps={steps!r}.")
@@ -86,33 +125,70 @@ def train(
     # Schedules that span the run get its length; one shorter than the run is refused.
     recipe = bind_run(recipe, steps)
     path = Path(run_dir) / CHECKPOINT if run_dir is not None else None
-    state = recipe.init(backbone, seed=seed)
+    # Under torchrun: join the process group; each step then averages the task gradients
+    # and each rank keeps its own targets' imitation (moil.distributed). A checkpoint holds
+    # the whole state, written by rank 0; a resumed rank takes back its part.
+    world = init_world(_device_of(backbone))
+    check_plain_tensors(backbone.base(), "train")
+    with active(world):
+        state = recipe.init(backbone, seed=seed)
     if resume and path is not None and path.exists():
-        state, metadata = load_state(path, state)
+        state, metadata = load_state(path, state if world.size == 1 else recipe.init(backbone, seed=seed))
+        with active(world):
+            state = local_state(recipe, state, backbone)
         if metadata.get("seed", seed) != seed:
             raise ValueError(f"train: {path} was written with seed={metadata['seed']}, not seed={seed}.")
+        if state.step > steps:
+            raise ValueError(f"train: {path} is at step {state.step}, past steps={steps}; resume with "
+                             f"steps >= {state.step}.")
     step_fn = torch.compile(recipe.step, dynamic=False) if compile else recipe.step
     next_batch = _batch_source(batches, state.step)
     meta = {"seed": seed, "recipe": type(recipe).__name__}
+    saved_at = time.monotonic()
+
+    def checkpoint(state: Any) -> None:
+        nonlocal saved_at
+        with active(world):
+            whole = full_state(recipe, state, backbone, world, dst=0)
+        on_main(lambda: save_state(path, whole, {**meta, "step": state.step}, keep_previous=True), world)
+        saved_at = time.monotonic()
+
     try:
         while state.step < steps:
             batch = next_batch(state.step)
+            if world.size > 1:
+                batch = shard_batch(batch, world)  # this rank's slice of the global batch
             # Randomness inside a step (dropout, ViLT's patch sampling) is a function of
             # (seed, step) alone: resuming replays it exactly, and the caller's global
             # RNG is left as it was.
             with torch.random.fork_rng(devices=_cuda_devices()):
-                torch.manual_seed(step_seed(seed, state.step))
-                state, metrics = step_fn(state, backbone, batch)
+                torch.manual_seed(step_seed(seed, state.step) + world.rank)
+                with active(world):
+                    state, metrics = step_fn(state, backbone, batch)
             if on_step is not None:
                 on_step(state.step, metrics)
-            if path is not None and checkpoint_every and state.step % checkpoint_every == 0:
-                save_state(path, state, meta)
-    except BaseException:
-        if path is not None:
-            save_state(path, state, meta)
+            if path is not None and (
+                (checkpoint_every and state.step % checkpoint_every == 0)
+                or (checkpoint_seconds and agree(time.monotonic() - saved_at >= checkpoint_seconds, world))
+            ):
+                checkpoint(state)
+    except BaseException as err:
+        if path is not None and world.size > 1:
+            # Other ranks may be gone or elsewhere: no collective on the way out.
+            err.add_note(f"Under torchrun a failing step is not checkpointed; {path} holds the last "
+                         "periodic checkpoint (train.checkpoint_every).")
+        elif path is not None:
+            if first_non_finite(split_state(state)[0]) is None:
+                checkpoint(state)
+            else:
+                err.add_note(f"The state at step {state.step} holds NaN/inf and was not checkpointed; "
+                             f"{path} (if it exists) holds the last finite state.")
         raise
     if path is not None:
-        save_state(path, state, meta)
+        checkpoint(state)
+    if world.size > 1:
+        with active(world):
+            state = full_state(recipe, state, backbone, world)  # every rank: the whole state
     return recipe.finalize(state, backbone) if finalize else state
 
 
@@ -121,14 +197,36 @@ def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7919 + 17) % 2**63
 
 
+def _device_of(backbone: Any) -> torch.device:
+    return next(iter(backbone.base().values())).device
+
+
 def _cuda_devices() -> list[int]:
     return [torch.cuda.current_device()] if torch.cuda.is_available() else []
+
+
+def _epochs(batches: Iterable[Mapping[str, Tensor]]) -> Iterator[Mapping[str, Tensor]]:
+    """Pass after pass over a re-iterable, epoch ``e`` announced by ``set_epoch(e)``."""
+    epoch = 0
+    while True:
+        for owner in (batches, getattr(batches, "sampler", None), getattr(batches, "batch_sampler", None)):
+            if callable(getattr(owner, "set_epoch", None)):
+                owner.set_epoch(epoch)
+        made = 0
+        for batch in batches:
+            made += 1
+            yield batch
+        if not made:
+            raise ValueError(f"train: pass {epoch} over the batches yielded nothing; give a non-empty iterable.")
+        epoch += 1
 
 
 def _batch_source(batches: Batches, start: int) -> Callable[[int], Mapping[str, Tensor]]:
     if callable(batches):
         return batches
-    iterator = itertools.islice(iter(batches), start, None)
+    # An iterator is used up by one pass; anything else (DataLoader, list) is passed over again.
+    source = iter(batches) if isinstance(batches, Iterator) else _epochs(batches)
+    iterator = itertools.islice(source, start, None)
 
     def take(step: int) -> Mapping[str, Tensor]:
         try:

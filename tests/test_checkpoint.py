@@ -407,3 +407,42 @@ def test_metadata_json_shape_on_disk(tmp_path):
     assert header["moil.format"] == "moil.checkpoint" and header["moil.format_version"] == "1"
     assert json.loads(header["moil.metadata"]) == {"a": [1, 2]}
     assert os.path.getsize(tmp_path / "c.safetensors") > 0
+
+
+# ----------------------------------------------------------------------------- integrity
+
+
+def test_a_flipped_data_byte_is_refused_naming_the_file_and_the_previous_one(tmp_path):
+    """Fault 11: the header's SHA-256 of the tensor data is checked on load; one flipped byte
+    in the data raises CorruptCheckpointError naming the file and the previous good one."""
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, {"x": torch.zeros(8)}, {"v": 1})
+    save_checkpoint(path, {"x": torch.arange(8.0)}, {"v": 2}, keep_previous=True)
+    previous = ckpt.previous_path(path)
+    assert load_checkpoint(previous)[1] == {"v": 1}
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0x01  # inside the last tensor's data
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptCheckpointError, match=rf"c\.safetensors.*checksum.*{previous.name}"):
+        load_checkpoint(path)
+    previous.unlink()
+    with pytest.raises(CorruptCheckpointError, match="Delete it or restore a backup"):
+        load_checkpoint(path)
+
+
+def test_read_back_mismatch_keeps_the_old_file(tmp_path, monkeypatch):
+    """A file that reads back differently from what was written (a failing disk) is never
+    renamed over the last good checkpoint."""
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, {"x": torch.zeros(4)}, {"v": 1})
+    real = ckpt.save_file
+
+    def corrupting(tensors, filename, metadata=None):
+        real({k: v + 1 for k, v in tensors.items()}, filename, metadata=metadata)
+
+    monkeypatch.setattr(ckpt, "save_file", corrupting)
+    with pytest.raises(CorruptCheckpointError, match="read back differs"):
+        save_checkpoint(path, {"x": torch.ones(4)}, {"v": 2}, keep_previous=True)
+    monkeypatch.undo()
+    assert load_checkpoint(path)[1] == {"v": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]

@@ -56,3 +56,17 @@ def test_tour_names_modules_that_exist():
     assert "moil.harness" in modules
     for module in modules:
         assert importlib.util.find_spec(module) is not None, module
+
+
+def test_readme_torchrun_lines_are_the_ones_the_distributed_tests_run():
+    """Every ``torchrun`` line of the README is ``torchrun --standalone --nproc_per_node 2 -m
+    moil.harness.cli train --config … --out … [--resume]`` — the command
+    ``tests/test_distributed.py`` runs (as ``python -m torch.distributed.run``)."""
+    lines = [line.strip() for line in README.splitlines() if line.strip().startswith("torchrun ")]
+    assert len(lines) == 2
+    form = re.compile(r"torchrun --standalone --nproc_per_node 2 -m moil\.harness\.cli train "
+                      r"--config \S+ --out \S+( --resume)?")
+    assert all(form.fullmatch(line) for line in lines), lines
+    source = (ROOT / "tests" / "test_distributed.py").read_text()
+    assert '"--standalone", "--nproc_per_node", "2"]' in source
+    assert '"-m", "moil.harness.cli"], config, killed, "--resume")' in source

@@ -80,8 +80,8 @@ def test_batch_function_and_iterable_agree(backbone):
 
 def test_loop_errors(backbone):
     """Too few batches and an unknown precision fail with the fix in the message."""
-    with pytest.raises(ValueError, match="ran out at step 1"):
-        train(FullFineTune(TASK, optimizer=OPT), backbone, batches(1), steps=2)
+    with pytest.raises(ValueError, match="ran out at step 1"):  # a one-shot iterator (a list cycles)
+        train(FullFineTune(TASK, optimizer=OPT), backbone, iter(batches(1)), steps=2)
     with pytest.raises(ValueError, match="precision"):
         train(FullFineTune(TASK, optimizer=OPT), backbone, batches(1), steps=1, precision="fp8")
 

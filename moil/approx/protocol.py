@@ -84,11 +84,12 @@ def positive_int(instance, attribute, value) -> None:
 
 
 def finite_scale(instance, attribute, value) -> None:
-    """attrs validator: a scale is a finite real number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    """attrs validator: a scale is a finite, non-zero real number (0 would freeze the adapter at W0)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value == 0:
         raise ValueError(
-            f"{type(instance).__name__}: {attribute.name} must be a finite number, got "
-            f"{attribute.name}={value!r}."
+            f"{type(instance).__name__}: {attribute.name} must be a finite non-zero number, got "
+            f"{attribute.name}={value!r}; e.g. {attribute.name}=1.0 (0 leaves the weight at W0 and "
+            "its gradient at 0)."
         )
 
 

@@ -204,9 +204,18 @@ class Backbone:
             ``(B, 3, H, W)``, …) and labels, which are not passed to the model.
         """
         full = self.resolve(params)
-        out = torch.func.functional_call(
-            self.model, full, args=(), kwargs=self.inputs(batch), tie_weights=True, strict=False
-        )
+        try:
+            out = torch.func.functional_call(
+                self.model, full, args=(), kwargs=self.inputs(batch), tie_weights=True, strict=False
+            )
+        except (IndexError, RuntimeError) as err:
+            # An embedding's bare error names no input: say which key is wrong, only when failing.
+            from moil.backbones.checks import input_problem
+
+            problem = input_problem(self.model, batch)
+            if problem:
+                raise ValueError(problem) from err
+            raise
         result = dict(self.outputs(out, batch))
         for key, name in self.passthrough.items():
             result[key] = full[name]

@@ -6,6 +6,8 @@ for users wiring their own model through :func:`~moil.backbones.from_model`.
 * :func:`reference_outputs` — what the backbone *should* return for given
   overrides, computed the slow way: a deep copy of the model with the overrides
   loaded by ``load_state_dict``, called directly;
+* :func:`input_problem` / :func:`check_inputs` — token-index inputs of the right dtype and
+  range for the model (a clear message instead of an embedding's IndexError);
 * :func:`record_inputs` — the input each linear layer received (to verify that a
   sharing group's members read one input).
 """
@@ -21,7 +23,7 @@ from torch import Tensor, nn
 
 from moil.backbones.base import Backbone
 
-__all__ = ["Snapshot", "snapshot", "assert_untouched", "reference_outputs", "record_inputs"]
+__all__ = ["Snapshot", "assert_untouched", "check_inputs", "input_problem", "record_inputs", "reference_outputs", "snapshot"]
 
 
 @attrs.frozen(eq=False)
@@ -106,3 +108,54 @@ def record_inputs(
         for h in handles:
             h.remove()
     return seen
+
+
+#: Batch keys that index an embedding table, and the config field giving its size.
+_INDEX_KEYS = {"input_ids": "vocab_size", "token_type_ids": "type_vocab_size", "position_ids": "max_position_embeddings"}
+
+
+def _config_value(model: nn.Module, field: str) -> int | None:
+    config = getattr(model, "config", None)
+    for cfg in (config, getattr(config, "text_config", None)):
+        value = getattr(cfg, field, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def input_problem(model: nn.Module, batch: Mapping[str, Tensor]) -> str | None:
+    """What is wrong with the index inputs of ``batch`` for ``model``, or ``None``.
+
+    ``input_ids`` / ``token_type_ids`` / ``position_ids`` ``(B, L)`` must be integer
+    tensors with values in ``[0, size)``, ``size`` read from the model's config
+    (``vocab_size``, ``type_vocab_size``, ``max_position_embeddings``; a dual encoder's
+    ``text_config``). Used to turn an embedding's bare ``IndexError``/``RuntimeError``
+    into a message naming the key, its dtype or range, and the table's size.
+    """
+    for key, field in _INDEX_KEYS.items():
+        value = batch.get(key)
+        if not isinstance(value, Tensor):
+            continue
+        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            return (
+                f"batch[{key!r}] has dtype {value.dtype}, but token indices must be integers (int64); "
+                f"pass the tokenizer's output as is, or cast with batch[{key!r}].long()."
+            )
+        if value.numel() == 0:
+            continue
+        size = _config_value(model, field)
+        low, high = int(value.min()), int(value.max())
+        if low < 0 or (size is not None and high >= size):
+            return (
+                f"batch[{key!r}] holds values in [{low}, {high}], but the model's {field} is {size}: "
+                f"indices must lie in [0, {size if size is not None else 'size'}). Tokenize with the "
+                f"model's own tokenizer (same vocabulary), or build the model with {field} >= {high + 1}."
+            )
+    return None
+
+
+def check_inputs(model: nn.Module, batch: Mapping[str, Tensor]) -> None:
+    """Raise ``ValueError`` with :func:`input_problem`'s message when there is one."""
+    problem = input_problem(model, batch)
+    if problem is not None:
+        raise ValueError(problem)

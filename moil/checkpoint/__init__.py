@@ -2,7 +2,8 @@
 
 Safetensors only (never pickle): a checkpoint holds tensors and text, so loading
 one can never run code. Writes are atomic — a crash or a kill mid-write leaves
-the previous checkpoint intact. A nested state (a recipe's student, optimiser,
+the previous checkpoint intact — and carry a SHA-256 of the tensor data, checked
+on load (:class:`CorruptCheckpointError` names the file and the previous one). A nested state (a recipe's student, optimiser,
 RNG, step) is stored by :func:`split_state`: its tensors under ``"/"``-joined keys,
 its numbers as JSON scalars in the metadata; :func:`restore_state` fills a
 *template* (a fresh state of the same structure) back from them, checking every
@@ -26,6 +27,8 @@ from moil.checkpoint.files import (
     CorruptCheckpointError,
     check_matches,
     load_checkpoint,
+    previous_path,
+    read_metadata,
     save_checkpoint,
 )
 from moil.checkpoint.state import restore_state, split_state
@@ -38,6 +41,8 @@ __all__ = [
     "CorruptCheckpointError",
     "check_matches",
     "load_checkpoint",
+    "previous_path",
+    "read_metadata",
     "restore_state",
     "save_checkpoint",
     "split_state",

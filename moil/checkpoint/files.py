@@ -2,13 +2,17 @@
 
 Safetensors only (never pickle): a checkpoint holds tensors and text, so loading
 one can never run code. Writes are atomic — a crash or a kill mid-write leaves
-the previous checkpoint intact.
+the previous checkpoint intact — and verified: the header carries a SHA-256 of the
+tensor data (:func:`moil.checkpoint.atomic.tensor_digest`), checked on load, so a
+flipped byte is an error, never a silently different state. ``keep_previous=True``
+keeps the last good file as ``<stem>.prev.safetensors`` until the new one is verified.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from moil.checkpoint.atomic import fsync_dir, fsync_file, temp_path, tensor_digest
+from moil.checkpoint.errors import CheckpointError, CheckpointMismatchError, CorruptCheckpointError
+from moil.checkpoint.match import check_matches
+
+_fsync_file, _fsync_dir = fsync_file, fsync_dir  # the names moil.export reads
+
 __all__ = [
     "FORMAT",
     "VERSION",
@@ -26,25 +36,15 @@ __all__ = [
     "CorruptCheckpointError",
     "check_matches",
     "load_checkpoint",
+    "previous_path",
+    "read_metadata",
     "save_checkpoint",
 ]
 
 FORMAT = "moil.checkpoint"
 VERSION = 1
 KEY_SEP = "/"
-_TAG, _VER, _META = "moil.format", "moil.format_version", "moil.metadata"
-
-
-class CheckpointError(Exception):
-    """Base class of moil's checkpoint errors."""
-
-
-class CorruptCheckpointError(CheckpointError, ValueError):
-    """The file is not a readable moil checkpoint (truncated, garbage, wrong format)."""
-
-
-class CheckpointMismatchError(CheckpointError, ValueError):
-    """The checkpoint is readable but was made for another model or configuration."""
+_TAG, _VER, _META, _SUM = "moil.format", "moil.format_version", "moil.metadata", "moil.sha256"
 
 
 # ----------------------------------------------------------------------------- writing
@@ -54,8 +54,10 @@ def save_checkpoint(
     path: str | os.PathLike,
     tensors: Mapping[str, Tensor],
     metadata: Mapping[str, Any] | None = None,
+    *,
+    keep_previous: bool = False,
 ) -> Path:
-    """Write ``tensors`` and JSON ``metadata`` to ``path`` atomically.
+    """Write ``tensors`` and JSON ``metadata`` to ``path`` atomically, and verify it.
 
     The file is written to ``<path>.tmp-<pid>`` in the same directory, flushed and
     fsynced, then renamed over ``path`` (``os.replace``) and the directory fsynced:
@@ -69,27 +71,65 @@ def save_checkpoint(
       tensors: ``{key: tensor}``, any shapes/dtypes safetensors supports.
       metadata: JSON-serialisable mapping (it round-trips through ``json``:
         tuples come back as lists).
+      keep_previous: keep the file ``path`` held before as :func:`previous_path`
+        (the last good checkpoint), replaced only once the new one is verified.
 
     Returns:
       ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
       TypeError: a value in ``tensors`` is not a tensor, or ``metadata`` is not JSON.
+      CorruptCheckpointError: the file read back differs from what was written
+        (a failing disk); the previous file is left in place.
     """
     path = Path(path)
-    header = {"format": "pt", _TAG: FORMAT, _VER: str(VERSION), _META: _dump_metadata(metadata)}
     blob = _prepare(tensors)
+    header = {"format": "pt", _TAG: FORMAT, _VER: str(VERSION), _META: _dump_metadata(metadata),
+              _SUM: tensor_digest(blob)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     try:
         save_file(blob, tmp, metadata=header)
-        _fsync_file(tmp)
+        fsync_file(tmp)
+        _verify(tmp, shown=path)
+        if keep_previous and path.is_file():
+            _keep(path, previous_path(path))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
+
+
+def previous_path(path: str | os.PathLike) -> Path:
+    """Where ``save_checkpoint(path, ..., keep_previous=True)`` keeps the last good file."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def _keep(path: Path, previous: Path) -> None:
+    # A hard link (else a copy) renamed into place: `path` itself never goes missing.
+    tmp = temp_path(previous)
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, previous)
+
+
+def _verify(file: Path, *, shown: Path) -> None:
+    try:
+        with safe_open(file, framework="pt", device="cpu") as f:
+            want = (f.metadata() or {}).get(_SUM)
+            got = tensor_digest({k: f.get_tensor(k) for k in f.keys()})  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CorruptCheckpointError(f"checkpoint {str(shown)!r} could not be read back after writing "
+                                     f"({type(err).__name__}: {err}); check the disk.") from None
+    if got != want:
+        raise CorruptCheckpointError(f"checkpoint {str(shown)!r} read back differs from what was "
+                                     "written (checksum mismatch); check the disk. The old file is kept.")
 
 
 def _dump_metadata(metadata: Mapping[str, Any] | None) -> str:
@@ -129,27 +169,6 @@ def _prepare(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
         seen.add(ptr)
         out[key] = t
     return out
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:  # POSIX only; Windows cannot open a directory.
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -197,11 +216,39 @@ def load_checkpoint(
             f"it or restore a backup. ({type(err).__name__}: {err})"
         ) from None
     metadata = _check_header(path, header)
+    if _SUM in header and tensor_digest(tensors) != header[_SUM]:
+        previous = previous_path(path)
+        keep = (f" The previous good checkpoint is {str(previous)!r}: move it over this one to resume "
+                "from it." if previous.is_file() else " Delete it or restore a backup.")
+        raise CorruptCheckpointError(
+            f"checkpoint {str(path)!r} is corrupt: its tensor data does not match the SHA-256 "
+            f"checksum written with it (a changed or damaged byte).{keep}"
+        )
     if expected is not None:
         check_matches(tensors, expected, source=str(path))
     if device.type != "cpu":
         tensors = {k: v.to(device) for k, v in tensors.items()}
     return tensors, metadata
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON metadata of a checkpoint, without reading (or checking) its tensors.
+
+    Raises:
+      FileNotFoundError / CorruptCheckpointError: as :func:`load_checkpoint`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist.")
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError, UnicodeDecodeError) as err:
+        raise CorruptCheckpointError(
+            f"cannot read checkpoint {str(path)!r}: the file is corrupt or truncated; delete "
+            f"it or restore a backup. ({type(err).__name__}: {err})"
+        ) from None
+    return _check_header(path, header)
 
 
 def _check_header(path: Path, header: Mapping[str, str]) -> dict[str, Any]:
@@ -232,48 +279,3 @@ def _check_header(path: Path, header: Mapping[str, str]) -> dict[str, Any]:
     if not isinstance(metadata, dict):
         raise CorruptCheckpointError(f"{str(path)!r}: metadata is not a JSON object.")
     return metadata
-
-
-def check_matches(
-    tensors: Mapping[str, Tensor],
-    expected: Mapping[str, Tensor],
-    *,
-    source: str,
-    dtypes: bool = True,
-) -> None:
-    """Raise :class:`CheckpointMismatchError` unless keys, shapes (and ``dtypes``) agree."""
-    problems = _problems(tensors, expected, dtypes)
-    if problems:
-        raise CheckpointMismatchError(
-            f"{source}: checkpoint made for another model/config: "
-            + "; ".join(problems)
-            + ". Load it with the model, approximation and ranks it was saved with."
-        )
-
-
-def _kind(x: Any) -> type:
-    # JSON gives back bool / int / float; a template's numpy float is a float.
-    return next((k for k in (bool, int, float) if isinstance(x, k)), type(x))
-
-
-def _problems(got: Mapping[str, Any], want: Mapping[str, Any], dtypes: bool = True) -> list[str]:
-    """At most five differences of keys, then shapes / dtypes (tensors) or types (scalars)."""
-    missing = sorted(set(want) - set(got))
-    unexpected = sorted(set(got) - set(want))
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} key(s) missing from the checkpoint, e.g. {missing[:3]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
-    for key in sorted(set(want) & set(got)):
-        g, w = got[key], want[key]
-        if not isinstance(w, Tensor):
-            if _kind(g) is not _kind(w):
-                problems.append(f"{key!r} is {g!r}, expected a {_kind(w).__name__}")
-        elif tuple(g.shape) != tuple(w.shape):
-            problems.append(f"{key!r} has shape {tuple(g.shape)}, expected {tuple(w.shape)}")
-        elif dtypes and g.dtype != w.dtype:
-            problems.append(f"{key!r} has dtype {g.dtype}, expected {w.dtype}")
-        if len(problems) >= 5:
-            break
-    return problems

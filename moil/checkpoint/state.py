@@ -14,7 +14,9 @@ from typing import Any, Union
 
 from torch import Tensor
 
-from moil.checkpoint.files import KEY_SEP, CheckpointMismatchError, _problems
+from moil.checkpoint.errors import CheckpointMismatchError
+from moil.checkpoint.files import KEY_SEP
+from moil.checkpoint.match import _problems
 
 __all__ = ["Scalar", "restore_state", "split_state"]
 

@@ -16,22 +16,33 @@ from moil.approx import Hybrid, LowRank, Transform, on_side
 from moil.backbones import visualbert
 from moil.harness.config import ArmSpec, Config, ConfigError
 from moil.harness.data import DemoData, prepare_demo_data
-from moil.momentum import MomentumTarget
-from moil.objectives import ImageTextMatching, VQAScore
+from moil.harness.momentum_spec import parse_momentum
+from moil.objectives import ContrastiveRetrieval, ImageTextMatching, VQAScore
 from moil.optim import AdamW
 from moil.recipes import FullFineTune, HeadOnly, LoRA, MoIL, PeftLowRank, Student
-from moil.schedules import Constant, CosineRamp, HalfLife, LinearWarmup, WarmupLinearDecay
+from moil.schedules import WarmupLinearDecay
 from moil.solvers import ALSFit, Gradient, SVDFit
 
 __all__ = [
-    "TASK_LOSS", "build_approx", "build_backbone", "build_recipe", "device_of", "load_data", "parse_momentum",
+    "TASK_LOSS", "build_approx", "build_backbone", "build_recipe", "check_ranks", "device_of", "load_data",
+    "parse_momentum", "run_steps",
 ]
 
-TASK_LOSS = {"itm": ImageTextMatching(), "vqa": VQAScore()}
+TASK_LOSS = {
+    "itm": ImageTextMatching(), "vqa": VQAScore(),
+    "retrieval": ContrastiveRetrieval(learnable_logit_scale="logit_scale"),
+}
 
 
-def load_data(config: Config) -> DemoData:
-    """The demo data the config's ``[data]`` names (features cached on first use)."""
+def load_data(config: Config) -> Any:
+    """The data the config's ``[data]`` names: the demo set (features cached on first use), or
+    with ``data.train`` set, the splits on disk read with the model folder's processor
+    (:func:`moil.harness.data.diskdata.load_disk_data`)."""
+    if config.data.train is not None:
+        from moil.harness.data.diskdata import load_disk_data
+        from moil.harness.pretrained import load_processor
+
+        return load_disk_data(config, load_processor(config.model))
     return prepare_demo_data(config.data.dataset, config.data.split_seed, limit=config.data.limit or None)
 
 
@@ -40,12 +51,31 @@ def device_of(config: Config) -> torch.device:
     if config.train.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if config.train.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device = 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'.")
+        raise ConfigError(
+            "train.device = 'cuda' but torch sees no CUDA device on this machine; set train.device = "
+            "'auto' (CUDA when available) or 'cpu'."
+        )
     return torch.device(config.train.device)
+
+
+def run_steps(config: Config, data: Any, task: str) -> int:
+    """The run's length: ``data.epochs`` passes over train when set, else ``train.steps``."""
+    if config.data.epochs and hasattr(data, "steps_per_epoch"):
+        return config.data.epochs * data.steps_per_epoch(task, config.data.batch_size)
+    if config.data.epochs:
+        raise ConfigError("data.epochs applies to data from disk (data.train); for the demo set train.steps.")
+    return config.train.steps
 
 
 def build_backbone(config: Config, task: str, data: DemoData):
     """The model the config names, as a task :class:`~moil.backbones.Backbone`."""
+    if config.model.pretrained is not None:
+        from moil.harness.pretrained import load_backbone
+
+        answers = len(data.answers) if task == "vqa" else None
+        backbone = load_backbone(config.model, task, num_answers=answers, device=device_of(config))
+        check_ranks(config, backbone)
+        return backbone
     dim = data.train.visual_embeds.shape[-1]
     answers = len(data.task.answer_vocab)
     if config.model.family == "minilm-efficientnet":
@@ -58,50 +88,41 @@ def build_backbone(config: Config, task: str, data: DemoData):
     # Newly initialised parameters other than the head (the visual projection) are
     # trained and stored by every arm: a frozen random projection would hide the image.
     extra = [n for n in new if not n.startswith("cls.")]
-    return visualbert.build(model.eval().to(device_of(config)), mlp=config.model.mlp, trainable=extra)
+    backbone = visualbert.build(model.eval().to(device_of(config)), mlp=config.model.mlp, trainable=extra)
+    check_ranks(config, backbone)
+    return backbone
 
 
-def _momentum_schedule(spec: str | float, steps: int) -> Any:
-    if isinstance(spec, (int, float)):
-        return Constant(float(spec))
-    kind, _, rest = str(spec).partition(":")
-    args = [float(a) for a in rest.split(":") if a]
-    if kind == "none":
-        return Constant(0.0)
-    if kind == "constant" and len(args) == 1:
-        return Constant(args[0])
-    if kind == "half-life" and len(args) == 1:
-        return HalfLife(args[0])
-    if kind == "cosine" and len(args) in (1, 2):
-        return CosineRamp(*args, steps=steps)
-    if kind == "linear" and len(args) == 2:
-        return LinearWarmup(args[0], args[1], steps)
-    return None
+def _arm_approximations(arm: ArmSpec) -> list[tuple[str, Any]]:
+    """``(field path within the arm, approximation)`` for every adapter the arm would build."""
+    if arm.recipe == "lora":
+        return [("rank", build_approx(arm.approx, arm.rank, scale=arm.scale))]
+    if arm.recipe.startswith("peft-"):
+        return [("rank", LowRank(arm.rank))]
+    if arm.recipe == "moil":
+        return [
+            (f"students[{j}].rank", build_approx(s.approx, s.rank, transform_rank=s.transform_rank, side=s.side))
+            for j, s in enumerate(arm.students)
+        ]
+    return []
 
 
-def parse_momentum(spec: str | float, steps: int) -> Any:
-    """A momentum schedule from a short spec.
-
-    ``0.99`` or ``"constant:0.99"``; ``"half-life:20"`` (m = 0.5^(1/20));
-    ``"cosine:0.99"`` or ``"cosine:0.99:1.0"`` (BYOL ramp over the run);
-    ``"linear:0.9:0.99"`` (linear warm-up over the run). ``"none"`` = 0 (target = teacher).
-
-    Raises:
-      ConfigError: the spec names no schedule, a number in it does not parse, or its
-        momenta leave ``[0, 1]``.
-    """
-    try:
-        schedule = _momentum_schedule(spec, steps)
-        if schedule is not None:
-            MomentumTarget(schedule)  # the consumer's check: momenta in [0, 1]
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"momentum {spec!r}: {err}") from None
-    if schedule is None:
-        raise ConfigError(
-            f"momentum {spec!r} is not understood; use 0.99, 'constant:0.99', 'half-life:20', "
-            "'cosine:0.99[:1.0]', 'linear:0.9:0.99' or 'none'."
-        )
-    return schedule
+def check_ranks(config: Config, backbone) -> None:
+    """Refuse, naming the config path, a rank that no target weight of ``backbone`` can hold
+    (a rank above ``min(out, in)`` of a target: more numbers than a dense update)."""
+    shapes = {k: tuple(w.shape) for k, w in backbone.base().items() if k.endswith(".weight")}
+    for i, arm in enumerate(config.arms):
+        for field, approx in _arm_approximations(arm):
+            for key, (out_features, in_features) in shapes.items():
+                try:
+                    approx.num_params(out_features, in_features)
+                except ValueError as err:
+                    if field.endswith("rank") and "transform_rank" in str(err):
+                        field = field.replace("rank", "transform_rank")
+                    raise ConfigError(
+                        f"$.arms[{i}].{field} (arm {arm.name!r}): {err} The target {key.removesuffix('.weight')!r} "
+                        f"of model.family = {config.model.family!r} is ({out_features}, {in_features})."
+                    ) from None
 
 
 def build_approx(name: str, rank: int, *, transform_rank: int | None = None, side: str = "input", scale: float = 1.0):

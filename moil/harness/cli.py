@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Optional
 
 import attrs
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.markup import escape
 
 from moil.harness.config import Config, ConfigError, dump_config, load_config, loads_config
+from moil.harness.display import console, print_run, print_summary, progress_reporter, stdout
+from moil.harness.signals import exit_code, terminate_as_interrupt
 
 app = typer.Typer(
     help="MoIL — momentum imitation learning: train, evaluate and export stored students.",
@@ -28,7 +27,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
 
 ConfigOption = typer.Option(None, "--config", "-c", help="TOML config (omit for the defaults).", exists=True, dir_okay=False)
 
@@ -39,58 +37,25 @@ def builtin_config(name: str) -> Config:
     return loads_config(text, f"moil/harness/configs/{name}.toml")
 
 
-@contextmanager
-def progress_reporter() -> Iterator[Callable[[str, int], Callable[[int, dict], None]]]:
-    """Rich progress bars: one per run, with ETA and the live task loss."""
-    bars = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=console, transient=False,
-    )
-
-    def start(label: str, total: int) -> Callable[[int, dict], None]:
-        task = bars.add_task(label, total=total, loss="…")
-
-        def on_step(step: int, metrics: dict) -> None:
-            bars.update(task, completed=step, loss=f"{metrics.get('task_loss', float('nan')):.4f}")
-
-        return on_step
-
-    with bars:
-        yield start
-
-
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[red]error:[/red] {message}", soft_wrap=True, markup=True)
+    # escape: a message quoting TOML ("add a [[arms.students]] table") is text, not rich markup
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True, markup=True)
     raise typer.Exit(code)
 
 
-def _stdout() -> Console:
-    # Wide enough for the table when stdout is a file or a pipe (CI logs).
-    return Console(width=None if sys.stdout.isatty() else 150)
-
-
-def _print_summary(summary: list[dict]) -> None:
-    table = Table(title="results (test split)")
-    for col in ("task", "arm", "candidate", "test mean ± std", "stored params", "% model", "train s"):
-        table.add_column(col)
-    for row in summary:
-        mean = "—" if row["test_mean"] is None else f"{row['test_mean']:.4f} ± {row['test_std']:.4f}"
-        table.add_row(row["task"], row["arm"], row["candidate"] + (" *" if row["primary"] else ""), mean,
-                      f"{row['stored_parameters']:,}", f"{row['percent_of_model']:.2f}", f"{row['train_seconds']:.0f}")
-    _stdout().print(table)
-
-
-def _grid(config: Config, out: Path, resume: bool) -> None:
+def _grid(config: Config, out: Path, resume: bool, overwrite: bool = False) -> None:
     from moil.harness.grid import run_grid
+    from moil.harness.run_folder import RunFolderError
 
     try:
         with progress_reporter() as reporter:
-            results = run_grid(config, out, reporter=reporter, resume=resume)
-    except KeyboardInterrupt:
+            results = run_grid(config, out, reporter=reporter, resume=resume, overwrite=overwrite)
+    except (RunFolderError, ConfigError) as err:
+        _fail(str(err))
+    except KeyboardInterrupt as err:
         console.print(f"\n[yellow]interrupted[/yellow]: the current run saved a checkpoint; continue with --resume --out {out}")
-        raise typer.Exit(130) from None
-    _print_summary(results["summary"])
+        raise typer.Exit(exit_code(err)) from None
+    print_summary(results["summary"])
     console.print(f"wrote {out / 'results.json'}, {out / 'report.md'} and plots")
 
 
@@ -99,17 +64,23 @@ def train(
     config: Optional[Path] = ConfigOption,
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (created)."),
     arm: Optional[str] = typer.Option(None, help="Arm of the config to run (default: the first)."),
-    task: Optional[str] = typer.Option(None, help="itm or vqa (default: the config's first task)."),
+    task: Optional[str] = typer.Option(None, help="itm, vqa or retrieval (default: the config's first task)."),
     seed: Optional[int] = typer.Option(None, help="Seed (default: the config's first)."),
-    resume: bool = typer.Option(False, help="Continue from the run folder's checkpoint."),
+    resume: bool = typer.Option(False, help="Continue from the run folder's checkpoint (the config must match)."),
+    overwrite: bool = typer.Option(False, help="Discard a run already in --out and train again."),
 ) -> None:
-    """Train one recipe: writes config.toml, metrics.jsonl, results.json, checkpoint, students."""
-    from moil.harness.build import build_backbone, load_data
+    """Train one recipe: writes run.json (manifest), config.toml, metrics.jsonl, results.json,
+    checkpoint, students. Everything is checked before the run folder is touched."""
+    from moil.distributed import broadcast, init_world
+    from moil.harness.build import build_backbone, device_of, load_data, run_steps
     from moil.harness.run import run_one
 
     cfg = _load(config)
     spec = _arm(cfg, arm)
     task = task or cfg.train.tasks[0]
+    if task not in cfg.train.tasks:
+        _fail(f"--task {task!r} is not one of the config's train.tasks {list(cfg.train.tasks)}; pass one of "
+              f"those, or add {task!r} to train.tasks in the config (known tasks: itm, vqa, retrieval).")
     if isinstance(spec.lr, dict) and task not in spec.lr:
         _fail(f"arm {spec.name!r} has no lr for task {task!r}; add it to the arm's lr table.")
     lrs = spec.learning_rates(task)
@@ -118,19 +89,60 @@ def train(
               "use `moil ablate` to sweep.")
     lr = lrs[0]
     seed = cfg.train.seeds[0] if seed is None else seed
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.toml").write_text(dump_config(cfg))
-    (out / "run.json").write_text(json.dumps({"arm": spec.name, "task": task, "seed": seed, "lr": lr}))
-    data = load_data(cfg)
-    backbone = build_backbone(cfg, task, data)
+    try:  # under torchrun: join before the model is built; data.batch_size is the global batch
+        world = init_world(device_of(cfg), batch_size=cfg.data.batch_size)
+    except ValueError as err:
+        _fail(str(err))
+    try:  # data and model first: a missing folder or column fails before the run folder is touched
+        data = load_data(cfg)
+        backbone = build_backbone(cfg, task, data)
+        steps = run_steps(cfg, data, task)
+    except ConfigError as err:  # also a value that needs the model to check (a rank above a target's width)
+        _fail(str(err))
+    plan = broadcast(_plan_train(cfg, spec, task, seed, lr, steps, out, resume, overwrite) if world.main else None, world)
+    if plan == "done":
+        console.print(f"{out} already finished its {steps} steps; nothing to do (--overwrite trains it again).")
+        return print_run(_read_json(out / "results.json"))
     try:
         with progress_reporter() as reporter:
-            result = run_one(cfg, spec, task, seed, lr, backbone, data, out, resume=resume, keep_checkpoint=True,
-                             splits=tuple(cfg.train.eval_splits), on_step=reporter(f"{task} · {spec.name} · seed {seed}", cfg.train.steps))
-    except KeyboardInterrupt:
+            result = run_one(cfg, spec, task, seed, lr, backbone, data, out, resume=resume, overwrite=overwrite,
+                             keep_checkpoint=True, steps=steps, made_by="moil train",
+                             before_training=lambda: _write_config(out, cfg),
+                             splits=tuple(cfg.train.eval_splits),
+                             on_step=reporter(f"{task} · {spec.name} · seed {seed}", steps) if world.main else None)
+    except ValueError as err:  # a run folder refused under its lock (RunFolderError)
+        _fail(str(err))
+    except KeyboardInterrupt as err:
         console.print(f"\n[yellow]interrupted[/yellow]: checkpoint saved in {out}; continue with --resume")
-        raise typer.Exit(130) from None
-    _print_run(result)
+        raise typer.Exit(exit_code(err)) from None
+    if world.main:
+        print_run(result)
+
+
+def _plan_train(cfg: Config, spec, task: str, seed: int, lr: float, steps: int, out: Path, resume: bool,
+                overwrite: bool) -> str:
+    """Check the run folder and the recipe by reading only (a refusal leaves ``out`` as it was)."""
+    from moil.harness.run import check_run
+
+    try:
+        return check_run(cfg, spec, task, seed, lr, steps, out, resume=resume, overwrite=overwrite, made_by="moil train")
+    except ValueError as err:  # RunFolderError, ConfigError, a checkpoint error: each names the fix
+        _fail(str(err))
+
+
+def _write_config(out: Path, cfg: Config) -> None:
+    from moil.harness.run_folder import write_text
+
+    write_text(out / "config.toml", dump_config(cfg))
+
+
+def _read_json(path: Path, required: tuple[str, ...] = ()) -> dict:
+    from moil.harness.run_folder import RunFolderError, read_json
+
+    try:
+        return read_json(path, required=required)
+    except RunFolderError as err:
+        _fail(str(err))
 
 
 @app.command("eval")
@@ -139,7 +151,8 @@ def evaluate_run(run: Path = typer.Option(..., "--run", help="A folder made by `
     from moil.harness.scoring import score
 
     cfg, spec, meta, recipe, state, backbone, data = _restore(run)
-    _stdout().print_json(json.dumps(score(recipe, state, backbone, cfg, data, meta["task"], ("val", "test"))))
+    splits = ("val", "test") if cfg.data.train is None else tuple(cfg.train.eval_splits)
+    stdout().print_json(json.dumps(score(recipe, state, backbone, cfg, data, meta["task"], splits)))
 
 
 @app.command()
@@ -167,6 +180,8 @@ def export(
     try:
         if format == "merged":
             export_merged(backbone.model, backbone.to_model_names(merged), out, overwrite=True)
+            if cfg.model.pretrained is not None:  # the folder loads as the original did: processor too
+                data.processor.save_pretrained(out)
         elif format == "student":
             save_student(out, adapter, params, heads=heads, extra=meta, overwrite=True)
         else:
@@ -181,9 +196,10 @@ def ablate(
     config: Optional[Path] = ConfigOption,
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     resume: bool = typer.Option(False, help="Reuse finished runs and continue interrupted ones."),
+    overwrite: bool = typer.Option(False, help="Discard the grid already in --out and run it again."),
 ) -> None:
     """Run a grid of arms × tasks × seeds (with per-arm lr sweeps); write results.json, report.md, plots."""
-    _grid(_load(config), out, resume)
+    _grid(_load(config), out, resume, overwrite)
 
 
 @app.command()
@@ -191,6 +207,7 @@ def demo(
     quick: bool = typer.Option(False, help="A ≤3-minute version (one seed, fewer steps and images)."),
     out: Path = typer.Option(Path("moil-demo"), "--out", "-o", help="Output folder."),
     resume: bool = typer.Option(False, help="Reuse finished runs."),
+    overwrite: bool = typer.Option(False, help="Discard the demo already in --out and run it again."),
     steps: Optional[int] = typer.Option(None, hidden=True, help="Override train.steps (smoke tests)."),
     limit: Optional[int] = typer.Option(None, hidden=True, help="Override data.limit (smoke tests)."),
     model: Optional[str] = typer.Option(None, hidden=True, help="Override model.family (smoke tests)."),
@@ -199,19 +216,26 @@ def demo(
     images (all-MiniLM-L6-v2 + EfficientNet-Lite0 tokens on MNIST digits), offline."""
     cfg = builtin_config("demo-quick" if quick else "demo")
     if steps or limit or model:
-        cfg = attrs.evolve(
-            cfg,
-            train=attrs.evolve(cfg.train, steps=steps or cfg.train.steps),
-            data=attrs.evolve(cfg.data, limit=limit if limit is not None else cfg.data.limit),
-            model=attrs.evolve(cfg.model, family=model or cfg.model.family),
-        )
-    _grid(cfg, out, resume)
+        try:
+            cfg = attrs.evolve(
+                cfg,
+                train=attrs.evolve(cfg.train, steps=steps or cfg.train.steps),
+                data=attrs.evolve(cfg.data, limit=limit if limit is not None else cfg.data.limit),
+                model=attrs.evolve(cfg.model, family=model or cfg.model.family),
+            )
+        except (TypeError, ValueError) as err:  # the same checks as a config file's
+            _fail(f"--steps/--limit/--model: {err}")
+    _grid(cfg, out, resume, overwrite)
 
 
 # -- helpers -----------------------------------------------------------------
 def _load(path: Optional[Path]) -> Config:
+    from moil.harness.build import device_of
+
     try:
-        return load_config(path)
+        cfg = load_config(path)
+        device_of(cfg)  # train.device = 'cuda' on a machine without one: refused before anything is written
+        return cfg
     except ConfigError as err:
         _fail(str(err))
 
@@ -226,35 +250,36 @@ def _arm(cfg: Config, name: Optional[str]):
 
 
 def _restore(run: Path):
-    from moil.harness.build import build_backbone, build_recipe, load_data
+    from moil.harness.build import build_backbone, build_recipe, load_data, run_steps
     from moil.train import CHECKPOINT, load_state
 
     if not (run / "run.json").exists() or not (run / CHECKPOINT).exists():
         _fail(f"{run} is not a `moil train` folder with a checkpoint (run.json + {CHECKPOINT}).")
-    meta = json.loads((run / "run.json").read_text())
+    meta = _read_json(run / "run.json", required=("arm", "task", "seed", "lr"))
     cfg = _load(run / "config.toml")
     spec = _arm(cfg, meta["arm"])
-    data = load_data(cfg)
-    backbone = build_backbone(cfg, meta["task"], data)
-    recipe = build_recipe(spec, meta["task"], meta["lr"], cfg.train.steps)
-    state, _ = load_state(run / CHECKPOINT, recipe.init(backbone, seed=meta["seed"]))
+    try:
+        data = load_data(cfg)
+        backbone = build_backbone(cfg, meta["task"], data)
+        steps = run_steps(cfg, data, meta["task"])
+    except ConfigError as err:
+        _fail(str(err))
+    recipe = build_recipe(spec, meta["task"], meta["lr"], meta.get("steps", steps))
+    try:
+        state, _ = load_state(run / CHECKPOINT, recipe.init(backbone, seed=meta["seed"]))
+    except ValueError as err:  # CorruptCheckpointError / CheckpointMismatchError name the file
+        _fail(str(err))
     return cfg, spec, meta, recipe, recipe.finalize(state, backbone), backbone, data
-
-
-def _print_run(result: dict) -> None:
-    table = Table(title=f"{result['task']} · {result['arm']} · seed {result['seed']} ({result['metric']})")
-    splits = [s for s in ("val", "test") if any(s in c for c in result["candidates"].values())]
-    for col in ("candidate", *splits, "stored params"):
-        table.add_column(col)
-    for name, s in result["candidates"].items():
-        table.add_row(name + (" *" if name == result["primary"] else ""),
-                      *(f"{s[split][result['metric']]:.4f}" for split in splits), f"{s['stored_parameters']:,}")
-    _stdout().print(table)
 
 
 def main() -> None:
     try:
-        app()
+        with terminate_as_interrupt():  # SIGTERM: checkpoint and exit 143, as Ctrl-C does with 130
+            app()
     except ConfigError as err:  # pragma: no cover - surfaced by _load in commands
         console.print(f"[red]error:[/red] {err}")
         sys.exit(2)
+
+
+if __name__ == "__main__":  # `torchrun … -m moil.harness.cli train …`
+    main()

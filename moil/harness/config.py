@@ -12,8 +12,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import attrs
-import cattrs
 import tomli_w
+
+from moil.harness.config_checks import (
+    FieldError,
+    distinct,
+    finite_non_negative,
+    finite_positive,
+    fraction,
+    learning_rate,
+    momentum_spec,
+    non_negative_int,
+    non_zero_scale,
+    positive,
+    problems_of,
+    splits,
+    stream_fits,
+    structure_converter,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,51 +49,7 @@ class ConfigError(ValueError):
     """A config file or value that cannot be used; the message lists every problem."""
 
 
-def _positive(instance, attribute, value) -> None:
-    values = value if isinstance(value, (list, tuple)) else [value]
-    for v in values:
-        if v is not None and not v > 0:
-            raise ValueError(f"{attribute.name} must be > 0, got {attribute.name}={value!r}")
-
-
-def _not_negative(instance, attribute, value) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {attribute.name}={value!r}")
-
-
-def _fraction(instance, attribute, value) -> None:
-    if not 0 <= value < 1:
-        raise ValueError(
-            f"{attribute.name} must be a fraction of the run in [0, 1), got {attribute.name}={value!r}; "
-            f"e.g. {attribute.name} = 0.1 warms up over the first tenth of the steps"
-        )
-
-
 TASKS = ("itm", "vqa")
-
-
-def _learning_rate(instance, attribute, value) -> None:
-    if isinstance(value, dict):
-        unknown = sorted(set(value) - set(TASKS))
-        if unknown or not value:
-            raise ValueError(f"lr table keys must be tasks {list(TASKS)}, got {sorted(value)}")
-        values = list(value.values())
-    else:
-        values = [value]
-    for lr in values:
-        if isinstance(lr, list) and (not lr or len(set(lr)) != len(lr)):
-            raise ValueError(f"lr lists must be non-empty without repeats, got lr={lr!r}")
-        _positive(instance, attribute, lr)
-
-
-def _distinct(instance, attribute, value) -> None:
-    if not value or len(set(value)) != len(value):
-        raise ValueError(f"{attribute.name} must be non-empty without repeats, got {attribute.name}={value!r}")
-
-
-def _splits(instance, attribute, value) -> None:
-    if not value or len(set(value)) != len(value):
-        raise ValueError(f"{attribute.name} must list 'val' and/or 'test' once each, got {value!r}")
 
 
 @attrs.frozen
@@ -86,17 +58,33 @@ class StudentSpec:
 
     name: str = "hybrid"
     approx: ApproxName = "hybrid"
-    rank: int = attrs.field(default=8, validator=_positive)
-    transform_rank: int | None = attrs.field(default=None, validator=_positive)
+    rank: int = attrs.field(default=8, validator=positive)
+    #: Hybrid only: the transform part's rank (``None`` = ``rank``).
+    transform_rank: int | None = attrs.field(default=None, validator=positive)
     side: Literal["input", "output"] = "input"
     #: ``None`` = the arm's momentum; else a momentum spec (see
-    #: :func:`moil.harness.build.parse_momentum`).
-    momentum: str | float | None = None
-    lr: float | None = attrs.field(default=None, validator=_positive)
-    solver_steps: int = attrs.field(default=1, validator=_positive)
+    #: :func:`moil.harness.momentum_spec.parse_momentum`).
+    momentum: str | float | None = attrs.field(default=None, validator=momentum_spec)
+    lr: float | None = attrs.field(default=None, validator=finite_positive)
+    solver_steps: int = attrs.field(default=1, validator=positive)
     refit: Literal["none", "svd", "als"] = "none"
-    refit_every: int = 0
+    #: Refit with ``refit`` every this many steps (0 = never).
+    refit_every: int = attrs.field(default=0, validator=non_negative_int)
     final_fit: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.refit == "none" and (self.refit_every or self.final_fit):
+            field = "refit_every" if self.refit_every else "final_fit"
+            raise FieldError(
+                f"{field} = {getattr(self, field)!r} needs a closed-form solver, but refit = 'none'; "
+                "set refit = 'svd' or 'als'", field,
+            )
+        if self.transform_rank is not None and self.approx != "hybrid":
+            raise FieldError(
+                f"transform_rank = {self.transform_rank} is only read by approx = 'hybrid', got "
+                f"approx = {self.approx!r}; remove transform_rank (a transform's rank is rank)",
+                "transform_rank",
+            )
 
 
 @attrs.frozen
@@ -110,17 +98,29 @@ class ArmSpec:
 
     name: str = "moil"
     recipe: RecipeName = "moil"
-    lr: float | list[float] | dict[str, float | list[float]] = attrs.field(default=2e-4, validator=_learning_rate)
-    head_lr_scale: float = attrs.field(default=1.0, validator=_positive)
-    weight_decay: float = 0.01
+    lr: float | list[float] | dict[str, float | list[float]] = attrs.field(
+        default=2e-4, validator=learning_rate(TASKS)
+    )
+    head_lr_scale: float = attrs.field(default=1.0, validator=finite_positive)
+    weight_decay: float = attrs.field(default=0.01, validator=finite_non_negative)
     #: Learning-rate warm-up as a fraction of the run's steps, in [0, 1).
-    warmup: float = attrs.field(default=0.1, validator=_fraction)
-    momentum: str | float = "half-life:20"
+    warmup: float = attrs.field(default=0.1, validator=fraction)
+    momentum: str | float = attrs.field(default="half-life:20", validator=momentum_spec)
     # LoRA / PEFT arms: the approximation and rank (set the rank for equal stored size).
     approx: ApproxName = "lowrank"
-    rank: int = attrs.field(default=8, validator=_positive)
-    scale: float = 1.0
+    rank: int = attrs.field(default=8, validator=positive)
+    scale: float = attrs.field(default=1.0, validator=non_zero_scale)
     students: list[StudentSpec] = attrs.field(factory=lambda: [StudentSpec()])
+
+    def __attrs_post_init__(self) -> None:
+        names = [s.name for s in self.students]
+        if self.recipe == "moil" and not names:
+            raise FieldError(
+                "students = [] leaves a moil arm nothing to store; add a [[arms.students]] table "
+                "(every field has a default) or use recipe = 'full'", "students",
+            )
+        if len(set(names)) != len(names):
+            raise FieldError(f"student names must be unique within an arm, got {names}", "students")
 
     def learning_rates(self, task: str) -> list[float]:
         """The learning rates this arm tries on ``task`` (one value: no sweep)."""
@@ -129,12 +129,34 @@ class ArmSpec:
 
 
 @attrs.frozen
+class ColumnsSpec:
+    """Column names of a data set on disk (see ``docs/your-data.md``)."""
+
+    #: The image column (an imagefolder's ``file_name`` becomes ``image``).
+    image: str = "image"
+    #: The caption (ITM, retrieval).
+    text: str = "text"
+    #: The question and its answers (VQA): a string, or a list of strings whose
+    #: soft score is ``min(1, count / 3)``.
+    question: str = "question"
+    answers: str = "answers"
+
+
+@attrs.frozen
 class DataSpec:
     dataset: Literal["digits", "fashion"] = "digits"
+    #: Data from disk instead of the demo set: each a ``save_to_disk`` folder, an image
+    #: folder with ``metadata.jsonl``/``metadata.csv``, or a ``.jsonl``/``.csv`` of image paths.
+    train: str | None = None
+    val: str | None = None
+    test: str | None = None
+    columns: ColumnsSpec = attrs.field(factory=ColumnsSpec)
+    #: Passes over ``train`` (0 = run ``train.steps`` steps); sets the run's length.
+    epochs: int = attrs.field(default=0, validator=non_negative_int)
     #: Images kept per split (0 = all): a smaller run for smoke tests.
-    limit: int = 0
-    batch_size: int = attrs.field(default=32, validator=_positive)
-    eval_batch_size: int = attrs.field(default=250, validator=_positive)
+    limit: int = attrs.field(default=0, validator=non_negative_int)
+    batch_size: int = attrs.field(default=32, validator=positive)
+    eval_batch_size: int = attrs.field(default=250, validator=positive)
     split_seed: int = 0
 
 
@@ -142,31 +164,39 @@ class DataSpec:
 class ModelSpec:
     #: ``minilm-efficientnet``: VisualBERT on the real all-MiniLM-L6-v2 weights with
     #: EfficientNet-Lite0 grid tokens; ``tiny``: a random-init small one (tests).
-    family: Literal["minilm-efficientnet", "tiny"] = "minilm-efficientnet"
+    #: With ``pretrained``: ``auto`` (from the folder's ``config.model_type``) or a family
+    #: of :mod:`moil.backbones` (``vilt``, ``clip``, ``bridgetower``).
+    family: Literal["minilm-efficientnet", "tiny", "auto", "vilt", "clip", "bridgetower"] = "minilm-efficientnet"
     mlp: bool = False
+    #: A ``save_pretrained`` folder (model + processor) or a hub id you have.
+    pretrained: str | None = None
+    #: Target patterns replacing the family's q/k/v default (regexes over layer names).
+    targets: list[str] = attrs.field(factory=list)
+    #: More parameters trained and stored with the task head (names or module paths).
+    heads: list[str] = attrs.field(factory=list)
 
 
 @attrs.frozen
 class TrainSpec:
-    steps: int = attrs.field(default=200, validator=_positive)
+    steps: int = attrs.field(default=200, validator=positive)
     #: Steps of each learning-rate sweep run (``None`` = ``steps``).
-    sweep_steps: int | None = attrs.field(default=None, validator=_positive)
-    seeds: list[int] = attrs.field(factory=lambda: [0, 1, 2], validator=_distinct)
-    tasks: list[Literal["itm", "vqa"]] = attrs.field(factory=lambda: ["itm", "vqa"], validator=_distinct)
+    sweep_steps: int | None = attrs.field(default=None, validator=positive)
+    seeds: list[int] = attrs.field(factory=lambda: [0, 1, 2], validator=distinct)
+    tasks: list[Literal["itm", "vqa", "retrieval"]] = attrs.field(factory=lambda: ["itm", "vqa"], validator=distinct)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     #: ``auto`` = CUDA when available, else CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: torch intra-op threads per run (0 = torch's default, or cores ÷ workers).
     #: Results depend on it in the last bits, which short runs can amplify: fix it
     #: (e.g. 1) to reproduce a table exactly.
-    threads: int = attrs.field(default=0, validator=_not_negative)
+    threads: int = attrs.field(default=0, validator=non_negative_int)
     #: Runs trained at once, each in its own process (1 = in this process).
-    workers: int = attrs.field(default=1, validator=_positive)
+    workers: int = attrs.field(default=1, validator=positive)
     #: Also checkpoint every this many steps (0 = only when a run ends or is stopped):
     #: bounds what a killed worker loses in long runs.
-    checkpoint_every: int = attrs.field(default=0, validator=_not_negative)
+    checkpoint_every: int = attrs.field(default=0, validator=non_negative_int)
     #: Splits every (non-sweep) run is scored on; sweeps always use ``val``.
-    eval_splits: list[Literal["val", "test"]] = attrs.field(factory=lambda: ["val", "test"], validator=_splits)
+    eval_splits: list[Literal["val", "test"]] = attrs.field(factory=lambda: ["val", "test"], validator=splits)
 
 
 @attrs.frozen
@@ -185,48 +215,34 @@ class Config:
                 raise ValueError(f"arm {arm.name!r} must give an lr for task(s) {missing} in its lr table")
         if not self.train.seeds:
             raise ValueError("train.seeds is empty; give at least one seed, e.g. seeds = [0]")
+        stream_fits(self.data.limit, self.data.batch_size, self.train.tasks)
+        _check_sources(self)
 
 
-_converter = cattrs.Converter(forbid_extra_keys=True)
+def _check_sources(config: Config) -> None:
+    """A pretrained folder goes with data from disk, the demo model with the demo data."""
+    model, data = config.model, config.data
+    demo_family = model.family in ("minilm-efficientnet", "tiny")
+    if model.pretrained is not None and demo_family:
+        raise ValueError(
+            f"model.pretrained = {model.pretrained!r} must go with family = 'auto' (or 'vilt', 'clip', "
+            f"'bridgetower'), got family = {model.family!r}; add family = \"auto\" to [model]"
+        )
+    if model.pretrained is None and not demo_family:
+        raise ValueError(
+            f"model.family = {model.family!r} must be loaded from a folder: set model.pretrained = "
+            "'path/to/save_pretrained-folder', or use family 'minilm-efficientnet' / 'tiny' for the demo"
+        )
+    if (data.train is None) != (model.pretrained is None):
+        raise ValueError(
+            "data.train and model.pretrained must be set together: a pretrained folder reads data from "
+            "disk (data.train = 'path'), the demo model reads the demo data (data.dataset)"
+        )
+    if "retrieval" in config.train.tasks and model.pretrained is None:
+        raise ValueError("train.tasks 'retrieval' must run on a dual encoder: set model.pretrained (CLIP)")
 
 
-def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"expected a number, got {value!r}")
-    return float(value)
-
-
-def _number_or_list(value: Any, _type: Any) -> float | list[float]:
-    return [_number(v) for v in value] if isinstance(value, list) else _number(value)
-
-
-def _text_or_number(value: Any, _type: Any) -> str | float:
-    return value if isinstance(value, str) else _number(value)
-
-
-def _integer(value: Any, _type: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"expected an integer, got {value!r}")
-    return value
-
-
-def _boolean(value: Any, _type: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
-
-
-_converter.register_structure_hook(int, _integer)
-_converter.register_structure_hook(bool, _boolean)  # else bool, an int subclass, takes the int hook
-_converter.register_structure_hook(float | list[float], _number_or_list)
-_converter.register_structure_hook(
-    float | list[float] | dict[str, float | list[float]],
-    lambda v, t: {str(k): _number_or_list(x, t) for k, x in v.items()} if isinstance(v, dict) else _number_or_list(v, t),
-)
-_converter.register_structure_hook(str | float, _text_or_number)
-_converter.register_structure_hook(
-    str | float | None, lambda v, t: None if v is None else _text_or_number(v, t)
-)
+_converter = structure_converter()
 
 
 def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
@@ -234,19 +250,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
     try:
         return _converter.structure(raw, Config)
     except Exception as err:  # cattrs raises exception groups; flatten them
-        problems = (
-            cattrs.transform_error(err, path="$", format_exception=_describe)
-            if isinstance(err, cattrs.BaseValidationError)
-            else [str(err)]
-        )
-        raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(problems)) from None
-
-
-def _describe(exc: BaseException, type_: Any) -> str:
-    # Our validators' messages name the field and the fix; keep them verbatim.
-    if type(exc) is ValueError and "must" in str(exc):
-        return str(exc)
-    return cattrs.v.format_exception(exc, type_)
+        raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(problems_of(err))) from None
 
 
 def loads_config(text: str, source: str = "<config>") -> Config:

@@ -4,13 +4,17 @@
 under ``out/runs/<task>/<arm>/seed<k>/`` (and ``out/sweep/…`` for sweeps),
 ``out/results.json`` and, via :mod:`moil.harness.report`, ``out/report.md`` and PNG plots.
 Finished runs are reused on ``resume``; an interrupted one continues from its
-checkpoint. ``train.workers`` runs that many at once, each in its own process.
+checkpoint (each run folder's manifest must match: :mod:`moil.harness.run_folder`).
+A folder that already holds a grid is refused unless ``resume`` or ``overwrite``;
+one made by ``moil train`` is always refused. The grid folder is locked for its
+writer; ``out/grid.json`` is its manifest. ``train.workers`` runs that many at
+once, each in its own process.
 """
 
 from __future__ import annotations
 
-import json
 import platform
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -18,9 +22,18 @@ from typing import Any, Callable
 
 import torch
 
-from moil.harness.build import load_data
+import moil
+from moil.harness.build import build_backbone, build_recipe, load_data
 from moil.harness.config import Config, config_dict, dump_config
 from moil.harness.jobs import Job, Runner
+from moil.harness.run_folder import (
+    MANIFEST,
+    RunFolderError,
+    hold,
+    read_json,
+    write_json,
+    write_text,
+)
 from moil.harness.scoring import PRIMARY_METRIC
 from moil.harness.workers import Reporter, in_processes, intra_op_threads, worker_threads
 
@@ -55,7 +68,8 @@ def _finished(job: Job, resume: bool) -> dict | None:
     done = job.folder / "results.json"
     if not (resume and done.exists()):
         return None
-    result = json.loads(done.read_text())
+    result = read_json(done, required=("steps", "candidates"),
+                       fix="delete it (with --resume the run is then trained again)")
     scored = all(split in c for c in result["candidates"].values() for split in job.splits)
     return _with_folder(result, job.folder) if result["steps"] == job.steps and scored else None
 
@@ -86,7 +100,28 @@ def _run_jobs(jobs: list[Job], runner: Runner, reporter: Reporter, resume: bool)
 _RELATIVE_COST = {"moil": 3, "head": 1}
 
 
-def run_grid(config: Config, out: str | Path, *, reporter: Reporter = _quiet, resume: bool = False) -> dict:
+GRID_MANIFEST = "grid.json"
+
+
+def check_grid_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse, by reading only, a grid into ``out`` that would replace what it holds.
+
+    Raises:
+      RunFolderError: ``out`` is a file or a ``moil train`` folder, or holds a grid and
+        neither ``resume`` nor ``overwrite`` is given.
+    """
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"output folder {out} exists and is not a folder; give another --out path.")
+    if (out / MANIFEST).exists():
+        raise RunFolderError(f"{out} is a `moil train` run folder; give the grid another --out folder.")
+    held = [n for n in (GRID_MANIFEST, "results.json", "runs", "sweep") if (out / n).exists()]
+    if held and not (resume or overwrite):
+        raise RunFolderError(f"{out} already holds a grid ({', '.join(held)}); continue it with --resume, "
+                             "pass --overwrite to discard it and start again, or choose another --out folder.")
+
+
+def run_grid(config: Config, out: str | Path, *, reporter: Reporter = _quiet, resume: bool = False,
+             overwrite: bool = False) -> dict:
     """Run every task × arm × seed of ``config``; return (and write) the results.
 
     First every learning-rate sweep run (all arms and tasks at once), then every
@@ -96,13 +131,38 @@ def run_grid(config: Config, out: str | Path, *, reporter: Reporter = _quiet, re
     restored afterwards.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.toml").write_text(dump_config(config))
+    check_grid_folder(out, resume, overwrite)
+    started = time.perf_counter()
     with intra_op_threads(config.train.threads):
-        started = time.perf_counter()
-        # Loaded here even with workers: a first run computes and caches the image
-        # features once, before the workers read them.
-        runner = Runner(config, load_data(config))
+        runner = _checked_runner(config)
+    with hold(out):
+        if overwrite:
+            for name in ("runs", "sweep"):
+                shutil.rmtree(out / name, ignore_errors=True)
+            (out / "results.json").unlink(missing_ok=True)
+            resume = False
+        write_json(out / GRID_MANIFEST, {"kind": "grid", "moil_version": moil.__version__,
+                                          "config": config_dict(config)})
+        write_text(out / "config.toml", dump_config(config))
+        return _run_grid(config, out, reporter, resume, runner, started)
+
+
+def _checked_runner(config: Config) -> Runner:
+    """Data, every task's backbone and every arm's recipe, built before the grid folder is
+    written: a value only the model can check (a rank above a target's width) is refused
+    with the folder untouched. Loaded here even with workers: a first run computes and
+    caches the image features once, before the workers read them."""
+    runner = Runner(config, load_data(config))
+    for task in config.train.tasks:
+        runner.backbones[task] = build_backbone(config, task, runner.data)
+        for arm in config.arms:
+            for lr in arm.learning_rates(task):
+                build_recipe(arm, task, lr, config.train.steps)
+    return runner
+
+
+def _run_grid(config: Config, out: Path, reporter: Reporter, resume: bool, runner: Runner, started: float) -> dict:
+    with intra_op_threads(config.train.threads):
         sweep_jobs = _sweep_jobs(config, out)
         sweeps, chosen, reuse = _choose(config, sweep_jobs, _run_jobs(sweep_jobs, runner, reporter, resume))
         seed_jobs = _seed_jobs(config, out, chosen, reuse)
@@ -117,7 +177,7 @@ def run_grid(config: Config, out: str | Path, *, reporter: Reporter = _quiet, re
             "runs": runs,
             "summary": summarize(runs),
         }
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_json(out / "results.json", results)
     from moil.harness.report import write_report
 
     write_report(results, out)

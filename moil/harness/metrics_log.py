@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from moil.harness.run_folder import write_text
 
 __all__ = ["MetricsLog"]
 
@@ -14,12 +15,21 @@ class MetricsLog:
 
     Resumed, it keeps the lines of steps before the first one trained again: steps
     logged after the last checkpoint (a run killed between checkpoints) are replayed,
-    not doubled. The rewrite is atomic, so a kill during it loses nothing.
+    not doubled; a last line cut short by a kill is dropped on opening. Rewrites are
+    atomic (:func:`moil.harness.run_folder.write_text`), so a kill during one loses nothing.
     """
 
     def __init__(self, path: Path, resume: bool) -> None:
         self.path, self._check = path, resume and path.exists()
+        if self._check:
+            self._drop_torn_tail()
         self._file = path.open("a" if self._check else "w")
+
+    def _drop_torn_tail(self) -> None:
+        # A kill mid-line leaves a last line without its newline: cut it before appending.
+        text = self.path.read_text()
+        if text and not text.endswith("\n"):
+            write_text(self.path, text[: text.rfind("\n") + 1])
 
     def write(self, step: int, metrics: dict) -> None:
         if self._check:
@@ -39,9 +49,7 @@ class MetricsLog:
         keep = [line for line in lines if before(line)]
         if len(keep) != len(lines):
             self._file.close()
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in keep))
-            os.replace(tmp, self.path)
+            write_text(self.path, "".join(line + "\n" for line in keep))
             self._file = self.path.open("a")
 
     def __enter__(self) -> "MetricsLog":

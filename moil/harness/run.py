@@ -4,28 +4,48 @@ One *run* = one arm × task × seed × learning rate: build the recipe, train it
 the training split, evaluate every candidate it offers (merged students,
 teacher, momentum targets, heads) on the given splits, and record time, peak
 memory and stored size. Everything a run writes lands in its own folder
-(``metrics.jsonl``, ``results.json``, compact students ``student-<name>/``).
+(``run.json`` — the manifest, written first —, ``metrics.jsonl``, ``results.json``,
+compact students ``student-<name>/``), under the folder's writer lock, each small
+file atomically (:mod:`moil.harness.run_folder`). Besides ``train.checkpoint_every``,
+a run checkpoints every :data:`CHECKPOINT_SECONDS` of training, so a SIGKILL loses
+at most that much.
 """
 
 from __future__ import annotations
 
-import json
+import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
+from moil.checkpoint import previous_path
+from moil.distributed import broadcast, from_env
 from moil.export import save_student
 from moil.harness.batches import train_stream
-from moil.harness.build import build_recipe, device_of
-from moil.harness.config import ArmSpec, Config
+from moil.harness.build import build_recipe, device_of, run_steps
+from moil.harness.config import ArmSpec, Config, config_dict
 from moil.harness.data import DemoData
 from moil.harness.imitation import imitation_report
 from moil.harness.memory import PeakMemory
 from moil.harness.metrics_log import MetricsLog
+from moil.harness.run_folder import MANIFEST, hold, plan_run, run_manifest, write_json
 from moil.harness.scoring import PRIMARY_METRIC, score
 from moil.train import CHECKPOINT, train
 
-__all__ = ["run_one", "save_students"]
+__all__ = ["CHECKPOINT_SECONDS", "check_run", "discard_run", "run_one", "save_students"]
+
+#: Seconds of training between time-based checkpoints.
+CHECKPOINT_SECONDS = 300.0
+
+
+def discard_run(run_dir: Path) -> None:
+    """Remove what a previous run wrote into ``run_dir`` (``--overwrite``); other files stay."""
+    for name in (MANIFEST, CHECKPOINT, previous_path(run_dir / CHECKPOINT).name, "metrics.jsonl",
+                 "results.json", "config.toml"):
+        (run_dir / name).unlink(missing_ok=True)
+    for student in run_dir.glob("student-*"):
+        shutil.rmtree(student, ignore_errors=True)
 
 
 def save_students(recipe: Any, state: Any, backbone: Any, run_dir: Path, extra: dict) -> None:
@@ -34,6 +54,20 @@ def save_students(recipe: Any, state: Any, backbone: Any, run_dir: Path, extra: 
     for name, (adapter, params) in recipe.students_of(state, backbone).items():
         heads = {k: v for k, v in candidates[f"student/{name}"].items() if k in backbone.heads}
         save_student(run_dir / f"student-{name}", adapter, params, heads=heads, extra=extra, overwrite=True)
+
+
+def check_run(config: Config, arm: ArmSpec, task: str, seed: int, lr: float, steps: int, run_dir: Path, *,
+              resume: bool, overwrite: bool, made_by: str) -> str:
+    """What :func:`run_one` will do with ``run_dir`` (``"fresh"``, ``"overwrite"``, ``"resume"``,
+    ``"done"``), checked by reading only — recipe included — so a refusal changes nothing.
+
+    Raises:
+      ValueError: a ``RunFolderError``, ``ConfigError`` or checkpoint error naming the problem.
+    """
+    manifest = run_manifest(config_dict(config), arm.name, task, seed, lr, steps, made_by)
+    plan = plan_run(run_dir, manifest, resume=resume, overwrite=overwrite, checkpoint=CHECKPOINT)
+    build_recipe(arm, task, lr, steps)
+    return plan
 
 
 def run_one(
@@ -50,15 +84,46 @@ def run_one(
     splits: tuple[str, ...] = ("val", "test"),
     on_step: Callable[[int, dict], None] | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     keep_checkpoint: bool = False,
+    made_by: str = "moil ablate",
+    before_training: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate one run; write ``metrics.jsonl``, ``results.json``, students."""
-    steps = steps or config.train.steps
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Train and evaluate one run; write ``run.json``, ``metrics.jsonl``, ``results.json``, students.
+
+    Under ``run_dir``'s lock, :func:`~moil.harness.run_folder.plan_run` decides first,
+    reading only: a folder holding a run needs ``resume`` (the manifest must match,
+    each difference is named) or ``overwrite`` (the old run's files are removed).
+    ``before_training()`` runs after the manifest is written (e.g. ``config.toml``).
+
+    Raises:
+      RunFolderError, ResumeMismatchError, RunFolderLockedError: see
+        :mod:`moil.harness.run_folder`; the folder is left as it was.
+    """
+    steps = steps or run_steps(config, data, task)  # data.epochs × batches an epoch, or train.steps
     recipe = build_recipe(arm, task, lr, steps)
-    with MetricsLog(run_dir / "metrics.jsonl", resume) as log, PeakMemory() as memory:
+    manifest = run_manifest(config_dict(config), arm.name, task, seed, lr, steps, made_by)
+    world = from_env()
+    if not world.main:  # under torchrun rank 0 owns the folder; the others train alongside it
+        return _train_and_score(config, arm, task, seed, lr, recipe, backbone, data, run_dir, steps, splits,
+                                None, broadcast(None, world), keep_checkpoint, main=False)
+    with hold(run_dir):
+        plan = plan_run(run_dir, manifest, resume=resume, overwrite=overwrite, checkpoint=CHECKPOINT)
+        if plan == "overwrite":
+            discard_run(run_dir)
+        write_json(run_dir / MANIFEST, manifest)
+        if before_training is not None:
+            before_training()
+        return _train_and_score(config, arm, task, seed, lr, recipe, backbone, data, run_dir, steps, splits,
+                                on_step, broadcast(plan in ("resume", "done"), world), keep_checkpoint)
+
+
+def _train_and_score(config, arm, task, seed, lr, recipe, backbone, data, run_dir, steps, splits, on_step,
+                     resume, keep_checkpoint, main: bool = True) -> dict[str, Any]:
+    with MetricsLog(run_dir / "metrics.jsonl", resume) if main else nullcontext() as log, PeakMemory() as memory:
         def record(step: int, metrics: dict) -> None:
-            log.write(step, metrics)
+            if log is not None:
+                log.write(step, metrics)
             if on_step is not None:
                 on_step(step, metrics)
 
@@ -66,13 +131,17 @@ def run_one(
         state = train(
             recipe, backbone, train_stream(data, task, config.data.batch_size, seed, device_of(config)),
             steps=steps, seed=seed, run_dir=run_dir, resume=resume, on_step=record,
-            checkpoint_every=config.train.checkpoint_every or None, precision=config.train.precision,
+            checkpoint_every=config.train.checkpoint_every or None, checkpoint_seconds=CHECKPOINT_SECONDS,
+            precision=config.train.precision,
         )
         seconds = time.perf_counter() - started
+    if not main:
+        return {}
     scores = score(recipe, state, backbone, config, data, task, splits)
     save_students(recipe, state, backbone, run_dir, {"arm": arm.name, "task": task, "seed": seed, "lr": lr})
     if not keep_checkpoint:
         (run_dir / CHECKPOINT).unlink(missing_ok=True)
+        previous_path(run_dir / CHECKPOINT).unlink(missing_ok=True)
     result = {
         "task": task, "arm": arm.name, "recipe": arm.recipe, "seed": seed, "lr": lr, "steps": steps,
         "primary": recipe.primary, "metric": PRIMARY_METRIC[task],
@@ -80,5 +149,5 @@ def run_one(
         "model_parameters": backbone.num_parameters(),
         "imitation": imitation_report(recipe, state, backbone),
     }
-    (run_dir / "results.json").write_text(json.dumps(result, indent=1))
+    write_json(run_dir / "results.json", result)
     return result

@@ -3,6 +3,9 @@
 One path for :func:`~moil.harness.run.run_one` and ``moil eval``: :func:`score`
 asks the recipe for its candidates (parameter sets for ``backbone(params, batch)``)
 and their stored sizes, and evaluates each on the same fixed batches of each split.
+Retrieval (CLIP) ranks the whole split at once: recall@1/5/10 text→image
+(``t2i@k``, :attr:`~moil.objectives.Recall.image_retrieval`) and image→text (``i2t@k``),
+and their mean ``mean_recall``; ``k`` is capped at the split's size.
 """
 
 from __future__ import annotations
@@ -12,16 +15,39 @@ from typing import Any
 from moil.harness.batches import eval_batches
 from moil.harness.build import device_of
 from moil.harness.config import Config
-from moil.harness.data import DemoData
-from moil.objectives import itm_accuracy, vqa_score
+from moil.objectives import itm_accuracy, recall_at_k, vqa_score
 from moil.train import evaluate
 
 __all__ = ["METRICS", "PRIMARY_METRIC", "score"]
 
-PRIMARY_METRIC = {"itm": "accuracy", "vqa": "vqa_score"}
+PRIMARY_METRIC = {"itm": "accuracy", "vqa": "vqa_score", "retrieval": "mean_recall"}
+RECALL_AT = (1, 5, 10)
+
+
+def _recall(k: int | None, direction: str):
+    """``(outputs, batch) -> recall`` of the whole split; ``k=None`` = the mean over
+    :data:`RECALL_AT` and both directions."""
+
+    def metric(o: dict, b: dict) -> float:
+        img, txt = o["image_embeds"], o["text_embeds"]
+        ks = RECALL_AT if k is None else (k,)
+        values = []
+        for kk in ks:
+            r = recall_at_k(img, txt, min(kk, img.shape[0]))
+            values += [float(r.image_retrieval), float(r.text_retrieval)] if k is None else [float(getattr(r, direction))]
+        return sum(values) / len(values)
+
+    return metric
+
+
 METRICS = {
     "itm": {"accuracy": lambda o, b: itm_accuracy(o["itm_logits"], b["itm_labels"])},
     "vqa": {"vqa_score": lambda o, b: vqa_score(o["vqa_logits"], b["vqa_targets"])},
+    "retrieval": {
+        **{f"t2i@{k}": _recall(k, "image_retrieval") for k in RECALL_AT},
+        **{f"i2t@{k}": _recall(k, "text_retrieval") for k in RECALL_AT},
+        "mean_recall": _recall(None, ""),
+    },
 }
 
 
@@ -30,7 +56,7 @@ def score(
     state: Any,
     backbone: Any,
     config: Config,
-    data: DemoData,
+    data: Any,
     task: str,
     splits: tuple[str, ...] = ("val", "test"),
 ) -> dict[str, dict[str, Any]]:

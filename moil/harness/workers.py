@@ -6,18 +6,28 @@ from the pool; progress goes back to the parent's bars through a queue. Ctrl-C
 and failed runs are the parent's to handle: it sets a stop event that every run
 checks after each step (then checkpoints and stops), and queued runs never start.
 
+Workers die with their parent: on Linux the kernel sends them SIGTERM when it dies
+(``prctl(PR_SET_PDEATHSIG)``), elsewhere a watchdog thread polls the parent's pid; a
+worker's SIGTERM stops its run after the current step (with a checkpoint), as the stop
+event does. A run folder's lock (:func:`moil.harness.run_folder.hold`) makes a later
+``--resume`` refuse a folder some worker still writes.
+
 Torch's intra-op thread count is process-global: a worker sets its own; in the
 caller's process :func:`intra_op_threads` sets it for a block and restores it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import signal
-from contextlib import contextmanager
+import sys
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from queue import Empty
 from typing import Any, Callable, Iterator
 
@@ -52,31 +62,66 @@ def intra_op_threads(threads: int) -> Iterator[None]:
 
 
 _worker: dict[str, Any] = {}
+_terminated = threading.Event()  # this worker got SIGTERM, or its parent is gone
+_busy = threading.Event()  # a run is in progress (it exits at its next step)
+#: Seconds an orphaned worker waits for its run to checkpoint before it exits anyway.
+ORPHAN_GRACE_S = 60.0
 
 
-def _start(config: Config, queue: Any, stop: Any) -> None:
+def die_with_parent(parent: int, poll_s: float = 0.5) -> None:
+    """Make this process leave when ``parent`` dies: Linux's ``PR_SET_PDEATHSIG``
+    (SIGTERM) and, everywhere, a daemon thread polling ``os.getppid()``."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no libc prctl
+            pass
+    if os.getppid() != parent:  # died before the prctl took effect
+        os._exit(143)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        _terminated.set()
+        deadline = time.monotonic() + ORPHAN_GRACE_S
+        while _busy.is_set() and time.monotonic() < deadline:
+            time.sleep(poll_s)  # the run checkpoints at its next step and exits
+        os._exit(143)
+
+    threading.Thread(target=watch, name="moil-parent-watch", daemon=True).start()
+
+
+def _start(config: Config, queue: Any, stop: Any, parent: int) -> None:
     from transformers.utils import logging as hf_logging
 
-    # A signal landing inside the pool's own machinery can hang it: Ctrl-C reaches
-    # runs through `stop` instead.
+    # A signal landing inside the pool's own machinery can hang it: Ctrl-C and SIGTERM
+    # reach runs through `stop` / `_terminated`, checked after each step.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: _terminated.set())
+    die_with_parent(parent)
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per worker is noise
     torch.set_num_threads(worker_threads(config))
-    _worker.update(runner=Runner(config), queue=queue, stop=stop)
+    _worker.update(runner=Runner(config), queue=queue, stop=stop, parent=parent)
 
 
 def _work(index: int, job: Job, resume: bool) -> dict:
     queue, stop = _worker["queue"], _worker["stop"]
-    if stop.is_set():
+    if stop.is_set() or _terminated.is_set():
         raise KeyboardInterrupt  # queued before the grid stopped: never starts
     queue.put((index, 0, None))
 
     def on_step(step: int, metrics: dict) -> None:
         queue.put((index, step, float(metrics.get("task_loss", float("nan")))))
-        if stop.is_set():
+        if stop.is_set() or _terminated.is_set():
             raise KeyboardInterrupt  # train() checkpoints this step, then re-raises
 
-    return _worker["runner"](job, resume, on_step)
+    _busy.set()
+    try:
+        return _worker["runner"](job, resume, on_step)
+    finally:
+        _busy.clear()
+        if _terminated.is_set() and os.getppid() != _worker["parent"]:
+            os._exit(143)  # orphaned: the run has checkpointed; nobody waits for a result
 
 
 def in_processes(jobs: list[Job], config: Config, reporter: Reporter, resume: bool) -> list[dict]:
@@ -97,7 +142,7 @@ def in_processes(jobs: list[Job], config: Config, reporter: Reporter, resume: bo
                 bars[index](step, {"task_loss": loss})
 
     pool = ProcessPoolExecutor(min(config.train.workers, len(jobs)), mp_context=mp, initializer=_start,
-                               initargs=(config, queue, stop))
+                               initargs=(config, queue, stop, os.getpid()))
     try:
         futures = [pool.submit(_work, i, job, resume) for i, job in enumerate(jobs)]
         pending = set(futures)

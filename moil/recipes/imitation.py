@@ -14,13 +14,13 @@ watch any full fine-tuning run: moil's own (:class:`~moil.recipes.MoIL`) or anot
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, NamedTuple
 
 import attrs
 from torch import Tensor
 
-from moil.approx import Adapter
+from moil.approx import SEP, Adapter
 from moil.momentum import MomentumState, MomentumTarget
 from moil.optim import AdamState, AdamW
 from moil.recipes.student import Student, student_seed
@@ -38,6 +38,11 @@ class ImitationState(NamedTuple):
     targets: dict[str, MomentumState]
     students: dict[str, dict[str, Tensor]]
     student_opts: dict[str, AdamState]
+
+
+def owners_keep(owners: set[str]):
+    """``key -> bool``: whether a ``"<owner>::<name>"`` key belongs to one of ``owners``."""
+    return lambda key: key.rpartition(SEP)[0] in owners
 
 
 @attrs.frozen(eq=False)
@@ -71,6 +76,10 @@ class Imitation:
 
     momenta: Mapping[str, MomentumTarget]
     followers: Mapping[str, Follower]
+    #: The teacher keys this imitation reads (``None``: all); set by :meth:`shard`.
+    keys: frozenset[str] | None = None
+    #: The whole imitation this one is a rank's part of (``None``: it is whole).
+    parent: Imitation | None = None
 
     @classmethod
     def build(
@@ -103,7 +112,12 @@ class Imitation:
         return cls({n: MomentumTarget(sched) for sched, n in names.items()}, followers)
 
     def init(self, teacher: Mapping[str, Tensor], base: Mapping[str, Tensor], *, seed: int = 0) -> ImitationState:
-        """Targets start at ``teacher``; each student fresh, seeded by ``(seed, name)``."""
+        """Targets start at ``teacher``; each student fresh, seeded by ``(seed, name)``.
+
+        A rank's part (:meth:`shard`) draws the whole state and keeps its own part, so
+        every student starts exactly as on one process."""
+        if self.parent is not None:
+            return self.local(self.parent.init(teacher, base, seed=seed))
         students, opts = {}, {}
         for name, f in self.followers.items():
             params = f.adapter.init(base, generator=student_seed(seed, name))
@@ -122,6 +136,8 @@ class Imitation:
         self, state: ImitationState, teacher: Mapping[str, Tensor], base: Mapping[str, Tensor]
     ) -> tuple[ImitationState, dict[str, float]]:
         """``W̄ ← m W̄ + (1−m) W`` for every target, then every student follows its target."""
+        if self.keys is not None:
+            teacher = {k: v for k, v in teacher.items() if k in self.keys}
         metrics = {f"momentum/{m}": mt.momentum(state.targets[m]) for m, mt in self.momenta.items()}
         targets = {m: mt.update(state.targets[m], teacher) for m, mt in self.momenta.items()}
         state, followed = self.follow(state._replace(targets=targets), {m: t.target for m, t in targets.items()}, base)
@@ -142,6 +158,55 @@ class Imitation:
                 metrics[f"{key}/{name}"] = check_finite(value, f"student {name!r} {key}", state.step)
             students[name], opts[name] = params, opt
         return state._replace(step=state.step + 1, students=students, student_opts=opts), metrics
+
+    # -- split by target over ranks (moil.distributed.sharding) ------------------
+    def shard(self, targets: Collection[str]) -> Imitation:
+        """The part of this imitation that imitates ``targets`` only (layer names; every
+        sharing group whole): momentum targets of their weights and biases, students
+        restricted to them; a student with none of them is left out."""
+        owned = set(targets)
+        followers = {}
+        for name, f in self.followers.items():
+            mine = tuple(t for t in f.adapter.targets if t in owned)
+            if mine:
+                followers[name] = attrs.evolve(f, adapter=attrs.evolve(f.adapter, targets=mine))
+        keys = frozenset(f"{t}.{p}" for t in owned for p in ("weight", "bias"))
+        return Imitation(self.momenta, followers, keys, self)
+
+    def local(self, state: ImitationState) -> ImitationState:
+        """This part's slice of a whole state (tensors shared, not copied)."""
+        def part(tree: Mapping[str, Tensor], keep) -> dict[str, Tensor]:
+            return {k: v for k, v in tree.items() if keep(k)}
+
+        targets = {m: t._replace(target=part(t.target, self.keys.__contains__)) for m, t in state.targets.items()}
+        students, opts = {}, {}
+        for name, f in self.followers.items():
+            owners = set(f.adapter.targets) | set(f.adapter.groups())
+            mine = owners_keep(owners)
+            students[name] = part(state.students[name], mine)
+            o = state.student_opts[name]
+            opts[name] = o._replace(exp_avg=part(o.exp_avg, mine), exp_avg_sq=part(o.exp_avg_sq, mine))
+        return state._replace(targets=targets, students=students, student_opts=opts)
+
+    @staticmethod
+    def join(parts: list[ImitationState]) -> ImitationState:
+        """The whole state from every rank's part (rank order); inverse of :meth:`local`."""
+        def union(trees) -> dict[str, Tensor]:
+            return {k: v for tree in trees for k, v in tree.items()}
+
+        first = parts[0]
+        targets = {m: t._replace(target=union(p.targets[m].target for p in parts)) for m, t in first.targets.items()}
+        names = [n for p in parts for n in p.students]
+        students, opts = {}, {}
+        for name in dict.fromkeys(names):
+            have = [p for p in parts if name in p.students]
+            students[name] = union(p.students[name] for p in have)
+            o = have[0].student_opts[name]
+            opts[name] = o._replace(
+                exp_avg=union(p.student_opts[name].exp_avg for p in have),
+                exp_avg_sq=union(p.student_opts[name].exp_avg_sq for p in have),
+            )
+        return first._replace(targets=targets, students=students, student_opts=opts)
 
     def finalize(
         self, state: ImitationState, base: Mapping[str, Tensor], targets: Mapping[str, Mapping[str, Tensor]] | None = None

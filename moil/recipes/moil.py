@@ -8,6 +8,8 @@ from typing import Any, NamedTuple
 import attrs
 from torch import Tensor
 
+from moil.distributed.sharding import collective_update, gather_parts, owned_targets
+from moil.distributed.world import current
 from moil.momentum import MomentumTarget
 from moil.optim import AdamW
 from moil.recipes.finetune import FineTuneState, FullFineTune
@@ -80,6 +82,7 @@ class MoIL:
     student_optimizer: AdamW | None = None
     solver: Any = attrs.field(factory=Gradient)
     _parts: PerBackbone = attrs.field(factory=PerBackbone, init=False, eq=False, repr=False)
+    _shards: PerBackbone = attrs.field(factory=PerBackbone, init=False, eq=False, repr=False)
 
     @property
     def primary(self) -> str:
@@ -91,7 +94,11 @@ class MoIL:
         return FullFineTune(self.task_loss, self.optimizer, self.head_lr_scale)
 
     def parts(self, backbone: Any) -> tuple[FullFineTune, Imitation]:
-        """The teacher's recipe and the imitation, built once per backbone."""
+        """The teacher's recipe and the imitation, built once per backbone.
+
+        Under ``torchrun`` (inside :func:`moil.distributed.active`) the imitation is this
+        rank's part: its own targets' momentum state and students
+        (:func:`moil.distributed.owned_targets`); the teacher is whole on every rank."""
         def build(bb):
             imitation = Imitation.build(
                 self.students, bb, momentum=self.momentum,
@@ -99,7 +106,25 @@ class MoIL:
             )
             return self.teacher, imitation
 
-        return self._parts.get(backbone, build)
+        teacher, imitation = self._parts.get(backbone, build)
+        world = current()
+        if world.size == 1:
+            return teacher, imitation
+        shards = self._shards.get(backbone, lambda bb: {})
+        if world not in shards:
+            adapters = [f.adapter for f in imitation.followers.values()]
+            shards[world] = imitation.shard(owned_targets(adapters, backbone.base(), world))
+        return teacher, shards[world]
+
+    def gather_state(self, state: MoILState, backbone: Any, *, dst: int | None = None) -> MoILState | None:
+        """The whole state from every rank's part (on rank ``dst``, or all for ``None``)."""
+        parts = gather_parts(state.imitation, current(), dst)
+        return None if parts is None else state._replace(imitation=Imitation.join(parts))
+
+    def local_state(self, state: MoILState, backbone: Any) -> MoILState:
+        """This rank's part of a whole state (e.g. a checkpoint's)."""
+        _, imitation = self.parts(backbone)
+        return state._replace(imitation=imitation.local(state.imitation)) if imitation.parent else state
 
     def for_run(self, steps: int) -> MoIL:
         """Schedules bound to a run of ``steps``; warns (:class:`~moil.momentum.MomentumWarning`)
@@ -119,7 +144,9 @@ class MoIL:
         """The four steps of the class docstring."""
         teacher, imitation = self.parts(backbone)
         grads, metrics = teacher.gradients(state.task, backbone, batch)                    # 1
-        followed, imitated = imitation.update(state.imitation, state.teacher, backbone.base())  # 2, 3
+        update = lambda: imitation.update(state.imitation, state.teacher, backbone.base())
+        world = current()
+        followed, imitated = update() if world.size == 1 else collective_update(update, world)  # 2, 3
         task = teacher.apply(state.task, grads)                                            # 4
         return MoILState(task, followed), {**metrics, **imitated}
 

@@ -12,6 +12,7 @@ import torch
 
 from moil.approx import Adapter, Approximation
 from moil.momentum import MomentumTarget, check_fits_run
+from moil.schedules import bounds_of
 
 __all__ = ["Student", "as_students", "check_momenta_fit_run", "student_seed"]
 
@@ -22,12 +23,20 @@ def _momentum(instance, attribute, value) -> None:
 
 
 def _learning_rate(instance, attribute, value) -> None:
-    if value is None or callable(value):
+    if value is None:
+        return
+    if callable(value):
+        bounds = bounds_of(value)
+        if bounds is not None and not (math.isfinite(bounds[1]) and bounds[0] >= 0):
+            raise ValueError(
+                f"Student: the lr schedule {value!r} takes values in {bounds}; learning rates are finite "
+                "and >= 0 (a negative rate trains the student away from its target)."
+            )
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(
-            f"Student: lr must be a finite number >= 0, a schedule or None, got lr={value!r}; a "
-            "negative rate would train the student away from its target."
+            f"Student: lr must be a finite number >= 0, a schedule or None, got lr={value!r}; e.g. "
+            "lr=1e-3, or None for the recipe's (a negative rate trains the student away from its target)."
         )
 
 

@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 
 from moil.autodiff import leaf_gradients
+from moil.distributed.gradients import all_reduce_mean, check_mean_loss
+from moil.distributed.world import current
 from moil.optim import AdamState, AdamW
 from moil.schedules import Constant, Scaled, WarmupLinearDecay
 
@@ -122,12 +124,22 @@ class TaskStep:
     ) -> tuple[dict[str, dict[str, Tensor]], dict[str, float]]:
         """``∇_θ L(forward(θ, batch), batch)`` per group and ``{"task_loss", "lr"}``.
 
+        Under ``torchrun`` (inside :func:`moil.distributed.active`, as ``moil.train.train``
+        runs a step) ``batch`` is this rank's slice and the loss and gradients are averaged
+        over ranks (:func:`moil.distributed.all_reduce_mean`): every rank gets the gradient
+        of the global batch's mean loss.
+
         Raises:
-          FloatingPointError: the loss is NaN/inf (the state is not changed).
+          FloatingPointError: the loss is NaN/inf (the state is not changed; on every rank).
+          NotImplementedError: on several ranks, a loss that is not a mean over examples.
         """
+        world = current()
+        check_mean_loss(self.task_loss, world)
         grads, loss, _ = leaf_gradients(
             lambda tree: (self.task_loss(forward(tree, batch), batch), None), state.params
         )
+        if world.size > 1:
+            loss, grads = all_reduce_mean(loss, grads, world)
         first = next(iter(self.optimizers.values()))
         return grads, {
             "task_loss": check_finite(loss, "task loss", state.step),

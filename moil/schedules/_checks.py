@@ -13,9 +13,12 @@ import attrs
 def _real(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     name = f"{type(instance).__name__}.{attribute.name}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {attribute.name}={value!r}")
+        raise TypeError(f"{name} must be a real number, got {attribute.name}={value!r}; e.g. {attribute.name}=0.99")
     if not (math.isfinite(value) and value >= 0.0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {attribute.name}={value!r}")
+        raise ValueError(
+            f"{name} must be a finite number >= 0, got {attribute.name}={value!r}; e.g. {attribute.name}=1e-3 "
+            "for a learning rate, 0.99 for a momentum"
+        )
 
 
 def _fraction(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -34,7 +37,7 @@ def _whole(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an integer >= 1, got {attribute.name}={value!r}")
     if value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {attribute.name}={value!r}")
+        raise ValueError(f"{name} must be an integer >= 1, got {attribute.name}={value!r}; e.g. {attribute.name}=100")
 
 
 def _float(value: Any) -> Any:

@@ -25,7 +25,7 @@ from moil.approx import Hybrid, LowRank, Transform, on_side
 __all__ = ["adapter_params", "approximations", "seeds", "weight_shapes", "weights"]
 
 _MAX_SEED = 2**32 - 1
-_SCALES = (1.0, 0.5, 2.0, -1.0, 0.0)
+_SCALES = (1.0, 0.5, 2.0, -1.0)  # 0 is refused: it leaves W0 and a zero gradient
 
 
 def seeds() -> st.SearchStrategy[int]:

@@ -13,6 +13,15 @@ Layout (one concept per module):
 * :mod:`~moil.harness.data.tasks` — deterministic ITM and VQA batches as ``dict[str, Tensor]``.
 * :mod:`~moil.harness.data.demo` — all of the above assembled for the demo.
 
+Your own data on disk (``[data] train / val / test``; needs the ``data`` extra, ``datasets``):
+
+* :mod:`~moil.harness.data.disk` — a split from a ``save_to_disk`` folder, an image folder
+  with ``metadata.jsonl``/``metadata.csv`` or a jsonl/csv of paths; column checks; decoding.
+* :mod:`~moil.harness.data.collate` — processor batches: ITM pairs with per-epoch negatives,
+  retrieval pairs, VQA soft targets over the training answers.
+* :mod:`~moil.harness.data.diskdata` — the splits of a run, epochs as pure functions of
+  ``(seed, epoch)`` (``step -> batch``), evaluation batches.
+
 Importing this package imports neither transformers nor the EfficientNet code; they load
 when a tokenizer or a feature extractor is first used.
 """

@@ -1,0 +1,128 @@
+"""Crash-safe file writes and tensor checksums, shared by checkpoints and run folders.
+
+A write goes to ``<name>.tmp-<pid>`` in the target's own directory, is flushed and
+fsynced, then renamed over the target (``os.replace``) and the directory fsynced: a
+crash or a kill at any point leaves either the old file or the new one, never a torn
+one. A process killed between writing and renaming leaves its temporary file behind;
+:func:`remove_stale_temps` deletes those whose writer is no longer alive.
+
+The tensor checksum is SHA-256 over every tensor's key, dtype, shape and raw bytes in
+key order: a flipped byte anywhere in the data changes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "atomic_write_bytes", "fsync_dir", "fsync_file", "pid_alive", "remove_stale_temps",
+    "temp_path", "tensor_digest",
+]
+
+_TEMP = re.compile(r"\.tmp-(\d+)$")
+
+
+def temp_path(path: Path) -> Path:
+    """``<path>.tmp-<pid>``: this process's temporary file for ``path`` (same directory)."""
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(directory: Path) -> None:
+    try:  # POSIX only; Windows cannot open a directory.
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + ``os.replace``).
+
+    Raises:
+      OSError: the directory is missing, read-only or full — the message names
+        ``path`` (never the temporary file) and the old file is left as it was.
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}; check that its folder "
+                      "exists, is writable and has free space") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (signal 0 probes without signalling)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_stale_temps(directory: str | os.PathLike, *, depth: int = 1) -> list[Path]:
+    """Delete ``*.tmp-<pid>`` files (and folders) under ``directory`` whose writer
+    process is dead; return what was deleted. ``depth`` levels of sub-folders are
+    searched too (student folders of a run)."""
+    directory = Path(directory)
+    removed: list[Path] = []
+    if not directory.is_dir():
+        return removed
+    for entry in directory.iterdir():
+        match = _TEMP.search(entry.name)
+        if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+        elif depth > 0 and entry.is_dir() and not entry.is_symlink():
+            removed += remove_stale_temps(entry, depth=depth - 1)
+    return removed
+
+
+def tensor_digest(tensors: Mapping[str, Tensor]) -> str:
+    """SHA-256 hex digest of ``tensors``: keys in sorted order, each key's dtype,
+    shape and raw bytes (CPU tensors; non-contiguous ones are copied first)."""
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach()
+        h.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        if t.numel():
+            h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
