@@ -13,8 +13,12 @@ recipe for another is the ablation interface:
 * :class:`HeadOnly` — the task heads alone (the floor);
 * :class:`ImitateFixed` — students fitted to a fixed fine-tuned checkpoint;
 * :class:`PeftLowRank` — LoRA / DoRA / PiSSA trained through PEFT (a baseline).
+
+:func:`data_aware_refit` refits a trained recipe's students in the norm of their layers'
+real inputs (:mod:`moil.solvers.data_aware`).
 """
 
+from moil.recipes.data_aware import data_aware_refit
 from moil.recipes.finetune import FineTuneState, FullFineTune
 from moil.recipes.head_only import HeadOnly, HeadOnlyState
 from moil.recipes.imitate import ImitateFixed, ImitateState
@@ -46,5 +50,6 @@ __all__ = [
     "Student",
     "TaskState",
     "TaskStep",
+    "data_aware_refit",
     "default_optimizer",
 ]
