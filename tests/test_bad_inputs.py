@@ -289,7 +289,7 @@ CLI_CASES = [
     ("student-rank-above-width", ["train"], student("rank = 1000"), [],
      ["$.arms[0].students[0].rank", "rank=1000", "choose rank <= 32"]),
     ("not-toml", ["train"], "[train\nsteps = 3", [], ["run.toml", "not valid TOML"]),
-    ("unknown-key", ["train"], LORA + "colour = 1\n", [], ["run.toml", "extra fields found (colour)"]),
+    ("unknown-key", ["train"], LORA + "colour = 1\n", [], ["run.toml", "unknown field 'colour'"]),
     ("ablate-lr-inf", ["ablate"], arm("lr = inf"), [], ["$.arms[0].lr", "lr=inf", "e.g. lr ="]),
     ("ablate-students-empty", ["ablate"], arm("students = []"), [], ["$.arms[0].students", "[[arms.students]]"]),
 ]

@@ -7,8 +7,10 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from moil.harness.cli import app
@@ -133,3 +135,82 @@ def test_demo_quick_on_the_real_model(tmp_path):
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["runs"][0]["model_parameters"] > 20_000_000
+
+
+def test_a_grid_run_exports_from_its_kept_students(demo_dir, tmp_path):
+    """`moil demo`/`moil ablate` keep every run's students: `moil export --run <out>/runs/<task>/<arm>/seed<k>`
+    rebuilds the base from the grid's config and writes a merged folder the model's own transformers
+    class loads, whose targets are the student merged into the base; an arm without a student is named."""
+    import transformers
+    from safetensors.torch import load_file
+
+    from moil.export import load_student
+    from moil.harness.build import build_backbone, load_data
+    from moil.harness.config import load_config
+
+    run = demo_dir / "runs" / "itm" / "moil" / "seed0"
+    assert not (run / "checkpoint.safetensors").exists() and list(run.glob("student-*"))
+    result = invoke("export", "--run", run, "--format", "merged", "--out", tmp_path / "merged")
+    assert result.exit_code == 0, result.output
+    arch = json.loads((tmp_path / "merged" / "config.json").read_text())["architectures"][0]
+    model = getattr(transformers, arch).from_pretrained(tmp_path / "merged")
+    config = load_config(demo_dir / "config.toml")
+    backbone = build_backbone(config, "itm", load_data(config))
+    assert type(model) is type(backbone.model)
+    saved = load_student(next(run.glob("student-*")), base=backbone.base())
+    want = backbone.to_model_names({**saved.adapter.merge(saved.params, backbone.base()), **saved.heads})
+    exported = load_file(tmp_path / "merged" / "model.safetensors")
+    for key, value in want.items():
+        torch.testing.assert_close(exported[key], value, rtol=0, atol=0)
+    lora = demo_dir / "runs" / "itm" / "lora" / "seed0"
+    for fmt, marker in (("peft", "adapter_config.json"), ("student", "student.json")):
+        result = invoke("export", "--run", lora, "--format", fmt, "--out", tmp_path / fmt)
+        assert result.exit_code == 0 and (tmp_path / fmt / marker).exists(), result.output
+    result = invoke("export", "--run", demo_dir / "runs" / "itm" / "head-only" / "seed0", "--out", tmp_path / "h")
+    assert result.exit_code == 2 and "stores no student" in result.output
+    result = invoke("export", "--run", demo_dir / "runs" / "itm", "--out", tmp_path / "x")
+    assert result.exit_code == 2 and "not a `moil train` folder" in result.output
+
+
+def test_peft_export_names_the_pretrained_folder(tmp_path, monkeypatch):
+    """With [model] pretrained, `moil export -f peft` records that folder (absolute) as
+    base_model_name_or_path, from a `moil train` folder and from a grid's run alike: PEFT loads the
+    adapter onto the model read from there, giving the merged export's weights."""
+    pytest.importorskip("datasets")
+    peft = pytest.importorskip("peft")
+    from PIL import Image
+    from safetensors.torch import load_file
+    from transformers import ViltForImageAndTextRetrieval
+
+    from moil.harness.data import DIGIT_NAMES, load_digits_5k
+    from moil.testing.folders import save_tiny_folder
+
+    monkeypatch.chdir(tmp_path)  # paths in the config are relative to where moil runs
+    save_tiny_folder("vilt", "my-vilt", ["a", "photo", "of", "the", "digit", *DIGIT_NAMES])
+    digits = load_digits_5k(seed=0)["train"]
+    Path("images").mkdir()
+    with open("images/metadata.jsonl", "w") as rows:
+        for i in range(8):
+            Image.fromarray(digits.images[i].numpy()).save(f"images/{i}.png")
+            text = f"a photo of the digit {DIGIT_NAMES[int(digits.labels[i])]}"
+            rows.write(json.dumps({"file_name": f"{i}.png", "text": text}) + "\n")
+    Path("run.toml").write_text(
+        '[model]\npretrained = "my-vilt"\nfamily = "auto"\n[data]\ntrain = "images"\nval = "images"\n'
+        'batch_size = 4\n[train]\nsteps = 1\nseeds = [0]\ntasks = ["itm"]\neval_splits = ["val"]\n'
+        '[[arms]]\nname = "lora"\nrecipe = "lora"\nrank = 2\nlr = 1e-2\n'
+    )
+    assert invoke("train", "--config", "run.toml", "--out", "run").exit_code == 0
+    assert invoke("ablate", "--config", "run.toml", "--out", "grid").exit_code == 0
+    for run in ("run", "grid/runs/itm/lora/seed0"):
+        for fmt in ("peft", "merged"):
+            result = invoke("export", "--run", run, "--format", fmt, "--out", f"{run}-{fmt}")
+            assert result.exit_code == 0, result.output
+        adapter = json.loads(Path(f"{run}-peft/adapter_config.json").read_text())
+        assert adapter["base_model_name_or_path"] == str((tmp_path / "my-vilt").resolve())
+        base = ViltForImageAndTextRetrieval.from_pretrained(adapter["base_model_name_or_path"])
+        merged = peft.PeftModel.from_pretrained(base, f"{run}-peft").merge_and_unload()
+        exported = load_file(f"{run}-merged/model.safetensors")
+        state = merged.state_dict()
+        assert set(state) == set(exported)
+        for key, value in state.items():
+            torch.testing.assert_close(value, exported[key], rtol=1e-5, atol=1e-6)

@@ -26,7 +26,7 @@ def test_errors_name_the_path_and_the_fix(tmp_path):
     message = str(err.value)
     assert "steps must be > 0" in message and "$.train" in message
     assert "$.arms[0].rank" in message
-    assert "extra fields found (colour) @ $.data" in message
+    assert "unknown field 'colour': this table's fields are dataset, train" in message and "@ $.data" in message
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "missing.toml")
     bad = tmp_path / "bad.toml"
@@ -38,9 +38,9 @@ def test_errors_name_the_path_and_the_fix(tmp_path):
 
 
 @pytest.mark.parametrize("text, fragment", [
-    ("[train]\nworkers = 2.5", "expected int @ $.train.workers"),
-    ("[train]\nthreads = true", "expected int @ $.train.threads"),
-    ("[[arms]]\n[[arms.students]]\nfinal_fit = 1", "expected bool @ $.arms[0].students[0].final_fit"),
+    ("[train]\nworkers = 2.5", "workers = 2.5: expected an integer (no decimal point, no quotes) @ $.train.workers"),
+    ("[train]\nthreads = true", "threads = true: expected an integer (no decimal point, no quotes) @ $.train.threads"),
+    ("[[arms]]\n[[arms.students]]\nfinal_fit = 1", "final_fit = 1: expected true or false @ $.arms[0].students[0].final_fit"),
     ("[train]\nseeds = [0, 0]", "seeds must be non-empty without repeats"),
     ("[train]\ntasks = []", "tasks must be non-empty without repeats"),
     ("[[arms]]\nlr = []", "lr lists must be non-empty without repeats"),

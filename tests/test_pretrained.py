@@ -220,11 +220,10 @@ def test_disk_stream_step_is_a_pure_function_of_seed_and_step(work):
     assert all(torch.equal(b["itm_labels"], torch.tensor([1, 0] * 4)) for b in served)
 
 
-def test_a_visualbert_folder_is_refused_with_the_python_route(tmp_path):
-    """family = 'auto' on a VisualBERT folder (features, not pixels) names the way that works."""
+def test_family_auto_reads_a_visualbert_folder(tmp_path):
+    """family = 'auto' on a VisualBERT folder (model_type visual_bert) is the visualbert family."""
     from moil.backbones import visualbert
 
     visualbert.tiny("vqa").save_pretrained(tmp_path / "vb")
     spec = loads_config(f'[model]\npretrained = "{tmp_path / "vb"}"\nfamily = "auto"\n[data]\ntrain = "x"\n').model
-    with pytest.raises(ConfigError, match="VisualBERT model: it reads visual features"):
-        family_of(spec)
+    assert family_of(spec) == "visualbert"

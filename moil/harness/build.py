@@ -17,7 +17,7 @@ from moil.backbones import visualbert
 from moil.harness.config import ArmSpec, Config, ConfigError
 from moil.harness.data import DemoData, prepare_demo_data
 from moil.harness.momentum_spec import parse_momentum
-from moil.objectives import ContrastiveRetrieval, ImageTextMatching, VQAScore
+from moil.objectives import ContrastiveRetrieval, ImageTextMatching, PairClassification, VQAScore
 from moil.optim import AdamW
 from moil.recipes import FullFineTune, HeadOnly, LoRA, MoIL, PeftLowRank, Student
 from moil.schedules import WarmupLinearDecay
@@ -30,7 +30,7 @@ __all__ = [
 
 TASK_LOSS = {
     "itm": ImageTextMatching(), "vqa": VQAScore(),
-    "retrieval": ContrastiveRetrieval(learnable_logit_scale="logit_scale"),
+    "retrieval": ContrastiveRetrieval(learnable_logit_scale="logit_scale"), "nlvr2": PairClassification(),
 }
 
 
@@ -42,7 +42,7 @@ def load_data(config: Config) -> Any:
         from moil.harness.data.diskdata import load_disk_data
         from moil.harness.pretrained import load_processor
 
-        return load_disk_data(config, load_processor(config.model))
+        return load_disk_data(config, load_processor(config.model, config.data.columns.features))
     return prepare_demo_data(config.data.dataset, config.data.split_seed, limit=config.data.limit or None)
 
 
@@ -75,6 +75,10 @@ def build_backbone(config: Config, task: str, data: DemoData):
         answers = len(data.answers) if task == "vqa" else None
         backbone = load_backbone(config.model, task, num_answers=answers, device=device_of(config))
         check_ranks(config, backbone)
+        if config.model.family == "generic":  # an output field the model lacks: named before any writing
+            from moil.harness.generic import check_outputs
+
+            check_outputs(backbone, data, task, config.data.batch_size)
         return backbone
     dim = data.train.visual_embeds.shape[-1]
     answers = len(data.task.answer_vocab)

@@ -7,6 +7,7 @@ checkpoint and exits, ``--resume`` continues.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import sys
 from importlib import resources
@@ -27,6 +28,31 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+config_app = typer.Typer(help="Inspect configs: `moil config show [FILE]`.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+def _version(value: bool) -> None:
+    if value:  # the installed distribution's version
+        typer.echo(f"moil {importlib.metadata.version('moil')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                           help="Print the installed moil version and exit.")) -> None:
+    """--version; each command's options follow its name."""
+
+
+@config_app.command("show")
+def config_show(file: Optional[Path] = typer.Argument(None, exists=True, dir_okay=False, help="TOML config (omit: the defaults).")) -> None:
+    """Print the resolved config as TOML: defaults filled, each field after a comment saying what it
+    means, only the fields that apply (a LoRA arm shows no students). Fields: docs/config.md."""
+    from moil.harness.config_reference import show_config
+
+    typer.echo(show_config(_load(file)), nl=False)
+
 
 ConfigOption = typer.Option(None, "--config", "-c", help="TOML config (omit for the defaults).", exists=True, dir_okay=False)
 
@@ -64,7 +90,7 @@ def train(
     config: Optional[Path] = ConfigOption,
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (created)."),
     arm: Optional[str] = typer.Option(None, help="Arm of the config to run (default: the first)."),
-    task: Optional[str] = typer.Option(None, help="itm, vqa or retrieval (default: the config's first task)."),
+    task: Optional[str] = typer.Option(None, help="itm, vqa, retrieval or nlvr2 (default: the config's first task)."),
     seed: Optional[int] = typer.Option(None, help="Seed (default: the config's first)."),
     resume: bool = typer.Option(False, help="Continue from the run folder's checkpoint (the config must match)."),
     overwrite: bool = typer.Option(False, help="Discard a run already in --out and train again."),
@@ -80,7 +106,7 @@ def train(
     task = task or cfg.train.tasks[0]
     if task not in cfg.train.tasks:
         _fail(f"--task {task!r} is not one of the config's train.tasks {list(cfg.train.tasks)}; pass one of "
-              f"those, or add {task!r} to train.tasks in the config (known tasks: itm, vqa, retrieval).")
+              f"those, or add {task!r} to train.tasks in the config (known tasks: itm, vqa, retrieval, nlvr2).")
     if isinstance(spec.lr, dict) and task not in spec.lr:
         _fail(f"arm {spec.name!r} has no lr for task {task!r}; add it to the arm's lr table.")
     lrs = spec.learning_rates(task)
@@ -157,36 +183,25 @@ def evaluate_run(run: Path = typer.Option(..., "--run", help="A folder made by `
 
 @app.command()
 def export(
-    run: Path = typer.Option(..., "--run", help="A folder made by `moil train`."),
+    run: Path = typer.Option(..., "--run", help="A `moil train` folder, or a grid's runs/<task>/<arm>/seed<k>."),
     format: str = typer.Option("merged", "--format", "-f", help="merged | student | peft"),
     out: Path = typer.Option(..., "--out", "-o", help="Export folder (must not exist, or hold the same kind)."),
     student: Optional[str] = typer.Option(None, help="Which student (default: the first)."),
 ) -> None:
     """Export a trained student: a merged transformers folder, the compact student, or a PEFT adapter."""
-    from moil.export import export_merged, export_peft, save_student
+    from moil.harness.exporting import check_format, checkpoint_students, export_student, grid_run
+    from moil.train import CHECKPOINT
 
-    if format not in ("merged", "student", "peft"):
-        _fail(f"--format must be merged, student or peft, got {format!r}")
-    cfg, spec, meta, recipe, state, backbone, data = _restore(run)
-    students = recipe.students_of(state, backbone)
-    if not students:
-        _fail(f"arm {spec.name!r} ({spec.recipe}) stores no student; export a moil or lora run.")
-    name = student or next(iter(students))
-    if name not in students:
-        _fail(f"no student {name!r}; this run has {sorted(students)}")
-    adapter, params = students[name]
-    merged = recipe.candidates(state, backbone)[f"student/{name}"]
-    heads = {k: v for k, v in merged.items() if k in backbone.heads}
     try:
-        if format == "merged":
-            export_merged(backbone.model, backbone.to_model_names(merged), out, overwrite=True)
-            if cfg.model.pretrained is not None:  # the folder loads as the original did: processor too
-                data.processor.save_pretrained(out)
-        elif format == "student":
-            save_student(out, adapter, params, heads=heads, extra=meta, overwrite=True)
-        else:
-            export_peft(out, adapter, params, heads=heads, overwrite=True)
-    except (TypeError, ValueError) as err:
+        check_format(format)  # before the model is loaded
+        if (run / CHECKPOINT).exists() or not (run / "run.json").exists():  # `moil train` (or refused there)
+            cfg, spec, meta, recipe, state, backbone, data = _restore(run)
+            students = checkpoint_students(recipe, state, backbone)
+        else:  # a grid's run: no checkpoint, the students it kept
+            meta = _read_json(run / "run.json", required=("arm", "task", "seed", "lr"))
+            cfg, data, backbone, students = grid_run(run, meta)
+        name = export_student(cfg, backbone, data, students, format, out, student, meta, meta["arm"])
+    except (TypeError, ValueError, FileNotFoundError) as err:  # ConfigError, a checkpoint error: named
         _fail(str(err))
     console.print(f"exported {format} student {name!r} to {out}")
 
@@ -241,11 +256,9 @@ def _load(path: Optional[Path]) -> Config:
 
 
 def _arm(cfg: Config, name: Optional[str]):
-    if name is None:
-        return cfg.arms[0]
-    for arm in cfg.arms:
-        if arm.name == name:
-            return arm
+    arms = {arm.name: arm for arm in cfg.arms}
+    if name is None or name in arms:
+        return cfg.arms[0] if name is None else arms[name]
     _fail(f"no arm {name!r} in the config; it has {[a.name for a in cfg.arms]}")
 
 

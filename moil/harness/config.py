@@ -2,7 +2,9 @@
 
 Every field has a default, so an empty file is a valid config; unknown keys and
 wrong types are refused with the path of the bad value (``$.arms[1].rank``).
-The resolved config (all defaults filled in) is saved with every run.
+The resolved config (all defaults filled in) is saved with every run. What each field
+means, and when it applies, is written once, in :mod:`moil.harness.config_help`
+(``moil config show`` prints it; ``docs/config.md`` is generated from it).
 """
 
 from __future__ import annotations
@@ -16,20 +18,21 @@ import tomli_w
 
 from moil.harness.config_checks import (
     FieldError,
+    check_sources,
     distinct,
     finite_non_negative,
     finite_positive,
     fraction,
     learning_rate,
+    model_fields,
     momentum_spec,
     non_negative_int,
     non_zero_scale,
     positive,
-    problems_of,
     splits,
     stream_fits,
-    structure_converter,
 )
+from moil.harness.config_types import problems_of, structure_converter
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -49,7 +52,7 @@ class ConfigError(ValueError):
     """A config file or value that cannot be used; the message lists every problem."""
 
 
-TASKS = ("itm", "vqa")
+TASKS = ("itm", "vqa", "nlvr2")
 
 
 @attrs.frozen
@@ -59,16 +62,12 @@ class StudentSpec:
     name: str = "hybrid"
     approx: ApproxName = "hybrid"
     rank: int = attrs.field(default=8, validator=positive)
-    #: Hybrid only: the transform part's rank (``None`` = ``rank``).
     transform_rank: int | None = attrs.field(default=None, validator=positive)
     side: Literal["input", "output"] = "input"
-    #: ``None`` = the arm's momentum; else a momentum spec (see
-    #: :func:`moil.harness.momentum_spec.parse_momentum`).
     momentum: str | float | None = attrs.field(default=None, validator=momentum_spec)
     lr: float | None = attrs.field(default=None, validator=finite_positive)
     solver_steps: int = attrs.field(default=1, validator=positive)
     refit: Literal["none", "svd", "als"] = "none"
-    #: Refit with ``refit`` every this many steps (0 = never).
     refit_every: int = attrs.field(default=0, validator=non_negative_int)
     final_fit: bool = False
 
@@ -103,10 +102,8 @@ class ArmSpec:
     )
     head_lr_scale: float = attrs.field(default=1.0, validator=finite_positive)
     weight_decay: float = attrs.field(default=0.01, validator=finite_non_negative)
-    #: Learning-rate warm-up as a fraction of the run's steps, in [0, 1).
     warmup: float = attrs.field(default=0.1, validator=fraction)
     momentum: str | float = attrs.field(default="half-life:20", validator=momentum_spec)
-    # LoRA / PEFT arms: the approximation and rank (set the rank for equal stored size).
     approx: ApproxName = "lowrank"
     rank: int = attrs.field(default=8, validator=positive)
     scale: float = attrs.field(default=1.0, validator=non_zero_scale)
@@ -132,28 +129,24 @@ class ArmSpec:
 class ColumnsSpec:
     """Column names of a data set on disk (see ``docs/your-data.md``)."""
 
-    #: The image column (an imagefolder's ``file_name`` becomes ``image``).
     image: str = "image"
-    #: The caption (ITM, retrieval).
     text: str = "text"
-    #: The question and its answers (VQA): a string, or a list of strings whose
-    #: soft score is ``min(1, count / 3)``.
     question: str = "question"
     answers: str = "answers"
+    pair: list[str] = attrs.field(factory=lambda: ["left", "right"])
+    label: str = "label"
+    features: str | None = None
+    boxes: str | None = None
 
 
 @attrs.frozen
 class DataSpec:
     dataset: Literal["digits", "fashion"] = "digits"
-    #: Data from disk instead of the demo set: each a ``save_to_disk`` folder, an image
-    #: folder with ``metadata.jsonl``/``metadata.csv``, or a ``.jsonl``/``.csv`` of image paths.
     train: str | None = None
     val: str | None = None
     test: str | None = None
     columns: ColumnsSpec = attrs.field(factory=ColumnsSpec)
-    #: Passes over ``train`` (0 = run ``train.steps`` steps); sets the run's length.
     epochs: int = attrs.field(default=0, validator=non_negative_int)
-    #: Images kept per split (0 = all): a smaller run for smoke tests.
     limit: int = attrs.field(default=0, validator=non_negative_int)
     batch_size: int = attrs.field(default=32, validator=positive)
     eval_batch_size: int = attrs.field(default=250, validator=positive)
@@ -162,40 +155,30 @@ class DataSpec:
 
 @attrs.frozen
 class ModelSpec:
-    #: ``minilm-efficientnet``: VisualBERT on the real all-MiniLM-L6-v2 weights with
-    #: EfficientNet-Lite0 grid tokens; ``tiny``: a random-init small one (tests).
-    #: With ``pretrained``: ``auto`` (from the folder's ``config.model_type``) or a family
-    #: of :mod:`moil.backbones` (``vilt``, ``clip``, ``bridgetower``).
-    family: Literal["minilm-efficientnet", "tiny", "auto", "vilt", "clip", "bridgetower"] = "minilm-efficientnet"
+    family: Literal["minilm-efficientnet", "tiny", "auto", "vilt", "clip", "bridgetower", "visualbert",
+                    "generic"] = "minilm-efficientnet"
     mlp: bool = False
-    #: A ``save_pretrained`` folder (model + processor) or a hub id you have.
     pretrained: str | None = None
-    #: Target patterns replacing the family's q/k/v default (regexes over layer names).
     targets: list[str] = attrs.field(factory=list)
-    #: More parameters trained and stored with the task head (names or module paths).
     heads: list[str] = attrs.field(factory=list)
+    model_class: str | None = None
+    outputs: dict[str, str] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        model_fields(self)
 
 
 @attrs.frozen
 class TrainSpec:
     steps: int = attrs.field(default=200, validator=positive)
-    #: Steps of each learning-rate sweep run (``None`` = ``steps``).
     sweep_steps: int | None = attrs.field(default=None, validator=positive)
     seeds: list[int] = attrs.field(factory=lambda: [0, 1, 2], validator=distinct)
-    tasks: list[Literal["itm", "vqa", "retrieval"]] = attrs.field(factory=lambda: ["itm", "vqa"], validator=distinct)
+    tasks: list[Literal["itm", "vqa", "retrieval", "nlvr2"]] = attrs.field(factory=lambda: ["itm", "vqa"], validator=distinct)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    #: ``auto`` = CUDA when available, else CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    #: torch intra-op threads per run (0 = torch's default, or cores ÷ workers).
-    #: Results depend on it in the last bits, which short runs can amplify: fix it
-    #: (e.g. 1) to reproduce a table exactly.
     threads: int = attrs.field(default=0, validator=non_negative_int)
-    #: Runs trained at once, each in its own process (1 = in this process).
     workers: int = attrs.field(default=1, validator=positive)
-    #: Also checkpoint every this many steps (0 = only when a run ends or is stopped):
-    #: bounds what a killed worker loses in long runs.
     checkpoint_every: int = attrs.field(default=0, validator=non_negative_int)
-    #: Splits every (non-sweep) run is scored on; sweeps always use ``val``.
     eval_splits: list[Literal["val", "test"]] = attrs.field(factory=lambda: ["val", "test"], validator=splits)
 
 
@@ -216,30 +199,7 @@ class Config:
         if not self.train.seeds:
             raise ValueError("train.seeds is empty; give at least one seed, e.g. seeds = [0]")
         stream_fits(self.data.limit, self.data.batch_size, self.train.tasks)
-        _check_sources(self)
-
-
-def _check_sources(config: Config) -> None:
-    """A pretrained folder goes with data from disk, the demo model with the demo data."""
-    model, data = config.model, config.data
-    demo_family = model.family in ("minilm-efficientnet", "tiny")
-    if model.pretrained is not None and demo_family:
-        raise ValueError(
-            f"model.pretrained = {model.pretrained!r} must go with family = 'auto' (or 'vilt', 'clip', "
-            f"'bridgetower'), got family = {model.family!r}; add family = \"auto\" to [model]"
-        )
-    if model.pretrained is None and not demo_family:
-        raise ValueError(
-            f"model.family = {model.family!r} must be loaded from a folder: set model.pretrained = "
-            "'path/to/save_pretrained-folder', or use family 'minilm-efficientnet' / 'tiny' for the demo"
-        )
-    if (data.train is None) != (model.pretrained is None):
-        raise ValueError(
-            "data.train and model.pretrained must be set together: a pretrained folder reads data from "
-            "disk (data.train = 'path'), the demo model reads the demo data (data.dataset)"
-        )
-    if "retrieval" in config.train.tasks and model.pretrained is None:
-        raise ValueError("train.tasks 'retrieval' must run on a dual encoder: set model.pretrained (CLIP)")
+        check_sources(self)
 
 
 _converter = structure_converter()

@@ -1,5 +1,5 @@
-"""The checks a config value passes where it enters: the types (:func:`structure_converter`, the
-cattrs converter of :mod:`moil.harness.config`) and the values (attrs validators).
+"""The checks a config value passes where it enters: the values (attrs validators; the types
+are checked by :mod:`moil.harness.config_types`, the cattrs converter of :mod:`moil.harness.config`).
 
 Each validator raises :class:`FieldError`, whose message starts with the field's name,
 gives the bad value and the fix; :func:`moil.harness.config.parse_config` adds the
@@ -17,12 +17,10 @@ import math
 import re
 from typing import Any
 
-import cattrs
 
 __all__ = [
-    "FieldError", "distinct", "finite_non_negative", "finite_positive", "fraction", "learning_rate",
-    "momentum_spec", "non_negative_int", "non_zero_scale", "positive", "problems_of", "splits", "stream_fits",
-    "structure_converter",
+    "FieldError", "check_sources", "distinct", "finite_non_negative", "finite_positive", "fraction", "learning_rate",
+    "model_fields", "momentum_spec", "non_negative_int", "non_zero_scale", "positive", "splits", "stream_fits",
 ]
 
 
@@ -165,65 +163,59 @@ def stream_fits(limit: int, batch_size: int, tasks: list[str]) -> None:
         )
 
 
-def _as_number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"expected a number, got {value!r}")
-    return float(value)
+#: Output keys the task losses and metrics read (``[model] outputs`` maps them to a model's fields).
+OUTPUT_KEYS = ("itm_logits", "vqa_logits", "pair_logits", "image_embeds", "text_embeds", "logit_scale")
 
 
-def _number_or_list(value: Any, _type: Any) -> float | list[float]:
-    return [_as_number(v) for v in value] if isinstance(value, list) else _as_number(value)
+def model_fields(spec: Any) -> None:
+    """``[model]`` rules: ``model_class``/``outputs`` only with ``family = 'generic'``, which needs
+    both a class and ``targets``; ``outputs`` maps known moil keys to field names."""
+    generic = spec.family == "generic"
+    for name in ("model_class", "outputs"):
+        if getattr(spec, name) and not generic:
+            raise FieldError(
+                f"{name} = {getattr(spec, name)!r} is read only by family = 'generic' (got family = "
+                f"{spec.family!r}); remove {name}, or set family = 'generic' with targets and heads", name,
+            )
+    if not generic:
+        return
+    if not spec.model_class or not re.fullmatch(r"[A-Za-z_]\w*", spec.model_class):
+        raise FieldError(
+            f"model_class = {spec.model_class!r}: family = 'generic' needs the transformers class to load, "
+            "e.g. model_class = \"BlipForImageTextRetrieval\" (a name from `import transformers`)", "model_class",
+        )
+    if not spec.targets:
+        raise FieldError(
+            "targets = []: family = 'generic' has no default targets; list the linear layers to adapt, "
+            "e.g. targets = [\"attention.self.query\", \"attention.self.value\"] (name suffixes)", "targets",
+        )
+    for key, field in spec.outputs.items():
+        if key not in OUTPUT_KEYS or not isinstance(field, str) or not field:
+            raise FieldError(
+                f"outputs = {spec.outputs!r}: {key!r} = {field!r} is not a moil output key mapped to a field "
+                f"name; keys are {list(OUTPUT_KEYS)}, e.g. outputs = {{itm_logits = \"itm_score\"}}", "outputs",
+            )
 
 
-def _text_or_number(value: Any, _type: Any) -> str | float:
-    return value if isinstance(value, str) else _as_number(value)
-
-
-def _integer(value: Any, _type: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"expected an integer, got {value!r}")
-    return value
-
-
-def _boolean(value: Any, _type: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
-
-
-def structure_converter() -> cattrs.Converter:
-    """The cattrs converter of configs: unknown keys refused, numbers never silently
-    truncated (``2.5`` workers), booleans never taken for integers."""
-    converter = cattrs.Converter(forbid_extra_keys=True)
-    converter.register_structure_hook(int, _integer)
-    converter.register_structure_hook(bool, _boolean)  # else bool, an int subclass, takes the int hook
-    converter.register_structure_hook(float | list[float], _number_or_list)
-    converter.register_structure_hook(
-        float | list[float] | dict[str, float | list[float]],
-        lambda v, t: {str(k): _number_or_list(x, t) for k, x in v.items()} if isinstance(v, dict) else _number_or_list(v, t),
-    )
-    converter.register_structure_hook(str | float, _text_or_number)
-    converter.register_structure_hook(
-        str | float | None, lambda v, t: None if v is None else _text_or_number(v, t)
-    )
-    return converter
-
-
-_FIELD_MARK = re.compile(r"\x00(\w+) @ (\S+)$")
-
-
-def _describe(exc: BaseException, type_: Any) -> str:
-    # Our validators' messages name the field and the fix; keep them verbatim, and
-    # mark the field so that its path ends in it: "... @ $.arms[0].lr".
-    if isinstance(exc, FieldError):
-        return str(exc) + (f"\x00{exc.field}" if exc.field else "")
-    if type(exc) is ValueError and "must" in str(exc):
-        return str(exc)
-    return cattrs.v.format_exception(exc, type_)
-
-
-def problems_of(err: BaseException) -> list[str]:
-    """Every problem of a failed structure, one line each, ending in the value's path."""
-    if not isinstance(err, cattrs.BaseValidationError):
-        return [str(err)]
-    return [_FIELD_MARK.sub(r" @ \2.\1", p) for p in cattrs.transform_error(err, path="$", format_exception=_describe)]
+def check_sources(config: Any) -> None:
+    """A pretrained folder goes with data from disk, the demo model with the demo data."""
+    model, data = config.model, config.data
+    demo_family = model.family in ("minilm-efficientnet", "tiny")
+    if model.pretrained is not None and demo_family:
+        raise ValueError(
+            f"model.pretrained = {model.pretrained!r} must go with family = 'auto' (or 'vilt', 'clip', "
+            f"'bridgetower', 'visualbert', 'generic'), got family = {model.family!r}; add family = \"auto\" to [model]"
+        )
+    if model.pretrained is None and not demo_family:
+        raise ValueError(
+            f"model.family = {model.family!r} must be loaded from a folder: set model.pretrained = "
+            "'path/to/save_pretrained-folder', or use family 'minilm-efficientnet' / 'tiny' for the demo"
+        )
+    if (data.train is None) != (model.pretrained is None):
+        raise ValueError(
+            "data.train and model.pretrained must be set together: a pretrained folder reads data from "
+            "disk (data.train = 'path'), the demo model reads the demo data (data.dataset)"
+        )
+    for task, needs in (("retrieval", "a dual encoder (CLIP)"), ("nlvr2", "image pairs from disk (ViLT, VisualBERT)")):
+        if task in config.train.tasks and model.pretrained is None:
+            raise ValueError(f"train.tasks {task!r} must run on {needs}: set model.pretrained and data.train")

@@ -1,11 +1,14 @@
 """A ``save_pretrained`` folder → family → task :class:`~moil.backbones.Backbone` and processor.
 
 ``[model] pretrained = "folder"`` with ``family = "auto"`` reads the folder's
-``config.json`` (``model_type``: ``vilt``, ``clip``, ``bridgetower``) and loads the
+``config.json`` (``model_type``: ``vilt``, ``clip``, ``bridgetower``, ``visual_bert``) and loads the
 family's class for the run's task (:data:`FAMILY_TASKS`, e.g. ``retrieval`` on CLIP is
 its ``contrastive`` task) with :meth:`moil.backbones.Family.build`: the family's q/k/v
 targets unless ``[model] targets`` lists patterns, its task head plus ``[model] heads``.
-The processor (tokenizer + image processor) comes from the same folder.
+The processor (tokenizer + image processor) comes from the same folder; VisualBERT reads
+visual features, so its processor is the folder's tokenizer plus a visual source
+(:mod:`moil.harness.data.visual_inputs`). ``family = "generic"`` loads ``[model] model_class``
+with the config's patterns (:mod:`moil.harness.generic`).
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from moil.harness.config import ConfigError, ModelSpec
 __all__ = ["FAMILY_TASKS", "MODEL_TYPES", "family_of", "family_task", "load_backbone", "load_processor"]
 
 #: ``config.model_type`` → moil family.
-MODEL_TYPES = {"vilt": "vilt", "clip": "clip", "bridgetower": "bridgetower"}
+MODEL_TYPES = {"vilt": "vilt", "clip": "clip", "bridgetower": "bridgetower", "visual_bert": "visualbert"}
 #: Family → {config task: the family's task}: the tasks a config may run on each family.
 FAMILY_TASKS = {
-    "vilt": {"itm": "itm", "vqa": "vqa"},
+    "vilt": {"itm": "itm", "vqa": "vqa", "nlvr2": "nlvr2"},
+    "visualbert": {"itm": "itm", "vqa": "vqa", "nlvr2": "nlvr2"},
+    "generic": {"itm": "itm", "vqa": "vqa", "nlvr2": "nlvr2"},
     "clip": {"retrieval": "contrastive"},
     # BridgeTowerForContrastiveLearning needs config fields (contrastive_hidden_size) an ITM
     # checkpoint lacks: its contrastive task stays in Python (moil.backbones.bridgetower).
@@ -54,16 +59,10 @@ def family_of(spec: ModelSpec) -> str:
         model_type = AutoConfig.from_pretrained(folder).model_type
     except (OSError, ValueError) as err:
         raise ConfigError(f"model.pretrained = {spec.pretrained!r}: cannot read its config.json ({err}).") from None
-    if model_type == "visual_bert":
-        raise ConfigError(
-            f"model.pretrained = {spec.pretrained!r} is a VisualBERT model: it reads visual features, not "
-            "pixels, so a config cannot run it yet; use moil.backbones.visualbert.from_pretrained in Python "
-            "with features from your extractor (e.g. moil.harness.data.EfficientNetLite0Grid)."
-        )
     if model_type not in MODEL_TYPES:
         raise ConfigError(
             f"model.pretrained = {spec.pretrained!r} is a {model_type!r} model; family = 'auto' knows "
-            f"{sorted(MODEL_TYPES)} — set model.family explicitly, or use moil.backbones.from_model in Python."
+            f"{sorted(MODEL_TYPES)} — set model.family explicitly, or family = 'generic' with model_class and targets."
         )
     return MODEL_TYPES[model_type]
 
@@ -94,6 +93,10 @@ def load_backbone(spec: ModelSpec, task: str, *, num_answers: int | None = None,
     """
     family = family_of(spec)
     name = family_task(family, task)
+    if family == "generic":
+        from moil.harness.generic import load_generic
+
+        return load_generic(spec, _folder(spec), name, num_answers=num_answers, device=device)
     fam = get_family(family)
     kwargs: dict[str, Any] = {}
     if num_answers is not None:
@@ -110,11 +113,17 @@ def load_backbone(spec: ModelSpec, task: str, *, num_answers: int | None = None,
         raise ConfigError(f"[model] targets/heads/mlp: {err}") from None
 
 
-def load_processor(spec: ModelSpec) -> Any:
-    """The processor saved with the model (``AutoProcessor.from_pretrained(folder)``)."""
+def load_processor(spec: ModelSpec, features: str | None = None) -> Any:
+    """The processor saved with the model (``AutoProcessor.from_pretrained(folder)``); for VisualBERT,
+    or any model reading the feature column ``features``, the folder's tokenizer with that visual
+    source (:func:`~moil.harness.data.visual_inputs.visual_processor`)."""
     from transformers import AutoProcessor
 
     folder = _folder(spec)
+    if family_of(spec) == "visualbert" or features is not None:
+        from moil.harness.data.visual_inputs import visual_processor
+
+        return visual_processor(spec, folder, features)
     try:
         processor = AutoProcessor.from_pretrained(folder)
     except (OSError, ValueError, TypeError) as err:

@@ -20,7 +20,7 @@ from moil.train import evaluate
 
 __all__ = ["METRICS", "PRIMARY_METRIC", "score"]
 
-PRIMARY_METRIC = {"itm": "accuracy", "vqa": "vqa_score", "retrieval": "mean_recall"}
+PRIMARY_METRIC = {"itm": "accuracy", "vqa": "vqa_score", "retrieval": "mean_recall", "nlvr2": "accuracy"}
 RECALL_AT = (1, 5, 10)
 
 
@@ -43,6 +43,7 @@ def _recall(k: int | None, direction: str):
 METRICS = {
     "itm": {"accuracy": lambda o, b: itm_accuracy(o["itm_logits"], b["itm_labels"])},
     "vqa": {"vqa_score": lambda o, b: vqa_score(o["vqa_logits"], b["vqa_targets"])},
+    "nlvr2": {"accuracy": lambda o, b: itm_accuracy(o["pair_logits"], b["pair_labels"])},
     "retrieval": {
         **{f"t2i@{k}": _recall(k, "image_retrieval") for k in RECALL_AT},
         **{f"i2t@{k}": _recall(k, "text_retrieval") for k in RECALL_AT},

@@ -19,7 +19,7 @@ from torch import Tensor
 from moil.harness.config import ConfigError
 
 __all__ = [
-    "answer_vocab", "draw_negatives", "epoch_generator", "epoch_plan", "itm_batch", "retrieval_batch",
+    "answer_vocab", "draw_negatives", "epoch_generator", "epoch_plan", "itm_batch", "pair_batch", "retrieval_batch",
     "soft_scores", "vqa_batch",
 ]
 
@@ -110,3 +110,33 @@ def vqa_batch(processor: Any, images: list, questions: Sequence[str], answers: S
             if a in index:
                 targets[b, index[a]] = s
     return _encode(processor, images, list(questions)) | {"vqa_targets": targets}
+
+
+def pair_batch(processor: Any, left: list, right: list, texts: Sequence[str], labels: Sequence[Any]) -> dict[str, Tensor]:
+    """NLVR2 batch: a sentence about two images, ``pair_labels`` ``(B,)`` int64 (``True``/``1`` = holds).
+
+    Each side is encoded with the processor; pixels are stacked as ``pixel_values``
+    ``(B, 2, 3, H, W)`` (ViLT's ``num_images = 2``), visual features (VisualBERT) are
+    concatenated along the tokens: ``visual_embeds`` ``(B, T_left + T_right, D)``.
+    """
+    a, b = _encode(processor, left, list(texts)), _encode(processor, right, list(texts))
+    for key in ("pixel_values", "pixel_mask"):
+        if key in a:
+            if a[key].shape != b[key].shape:
+                raise ConfigError(f"NLVR2: the left and right images encode to {tuple(a[key].shape)} and "
+                                  f"{tuple(b[key].shape)}; resize the pairs to one size.")
+            a[key] = torch.stack([a[key], b[key]], dim=1)
+    for key in ("visual_embeds", "visual_attention_mask", "visual_token_type_ids"):
+        if key in a:
+            a[key] = torch.cat([a[key], b[key]], dim=1)
+    return a | {"pair_labels": torch.tensor([_label(y) for y in labels], dtype=torch.int64)}
+
+
+def _label(y: Any) -> int:
+    """A pair label: ``True``/``1``/``"true"`` → 1, ``False``/``0``/``"false"`` → 0."""
+    text = str(y).strip().lower()
+    if text in ("true", "1"):
+        return 1
+    if text in ("false", "0"):
+        return 0
+    raise ConfigError(f"NLVR2: label {y!r} is not true/false or 1/0; fix the [data.columns] label column.")

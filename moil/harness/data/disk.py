@@ -6,7 +6,8 @@ A split path (``[data] train / val / test``) is one of:
 * an image folder with ``metadata.jsonl`` or ``metadata.csv`` (the ``datasets``
   "imagefolder" convention: a ``file_name`` column naming each image, relative to
   the folder, plus ``text`` or ``question``/``answers``); the images become the
-  ``image`` column;
+  ``image`` column; NLVR2 pairs name two files, ``left_file_name``/``right_file_name``
+  (columns ``left``/``right``), plus ``text`` and ``label``;
 * a ``.jsonl`` / ``.csv`` file whose image column holds paths (relative to the file).
 
 Images are read undecoded and decoded one by one (:func:`decode_image`), so a file
@@ -17,7 +18,7 @@ that fails to decode is named. ``datasets`` is an optional extra:
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +37,21 @@ def _datasets():
     return datasets
 
 
-def read_split(path: str, field: str, image_column: str) -> Any:
-    """The ``datasets.Dataset`` at ``path``, its ``image_column`` left undecoded.
+def read_split(path: str, field: str, image_column: str | Sequence[str]) -> Any:
+    """The ``datasets.Dataset`` at ``path``, its image columns left undecoded.
 
     Args:
       path: a split path (see the module doc).
       field: the config field it came from (``"data.train"``), for messages.
-      image_column: the image column's name (``[data.columns] image``).
+      image_column: the image column's name (``[data.columns] image``), or several (NLVR2's
+        ``pair``; an imagefolder's ``left_file_name`` becomes the image column ``left``).
 
     Raises:
       ConfigError: no such path; a folder that is neither a saved dataset nor an image
         folder; a saved ``DatasetDict`` (name one of its splits).
     """
     datasets = _datasets()
+    columns = (image_column,) if isinstance(image_column, str) else tuple(image_column)
     p = Path(path).expanduser()
     if not p.exists():
         raise ConfigError(f"{field} = {path!r}: no such file or folder (from {Path.cwd()}).")
@@ -69,16 +72,18 @@ def read_split(path: str, field: str, image_column: str) -> Any:
         ds = datasets.load_dataset("imagefolder", data_dir=str(p), split="train", drop_labels=True)
     elif p.suffix in (".jsonl", ".json", ".csv"):
         ds = datasets.load_dataset("csv" if p.suffix == ".csv" else "json", data_files=str(p), split="train")
-        if image_column in ds.column_names:
-            ds = ds.map(lambda row: {image_column: str((p.parent / row[image_column]).resolve())})
-            ds = ds.cast_column(image_column, datasets.Image(decode=False))
+        for column in columns:
+            if column in ds.column_names:
+                ds = ds.map(lambda row, c=column: {c: str((p.parent / row[c]).resolve())})
+                ds = ds.cast_column(column, datasets.Image(decode=False))
     else:
         raise ConfigError(
             f"{field} = {path!r}: use a save_to_disk folder, an image folder with metadata.jsonl / "
             "metadata.csv, or a .jsonl / .csv file of image paths."
         )
-    if image_column in ds.column_names and isinstance(ds.features[image_column], datasets.Image):
-        ds = ds.cast_column(image_column, datasets.Image(decode=False))
+    for column in columns:
+        if column in ds.column_names and isinstance(ds.features[column], datasets.Image):
+            ds = ds.cast_column(column, datasets.Image(decode=False))
     return ds
 
 

@@ -15,6 +15,7 @@ checks the columns each task reads and builds the VQA answer vocabulary from tra
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -24,6 +25,7 @@ from torch import Tensor
 from moil.harness.config import ColumnsSpec, Config, ConfigError
 from moil.harness.data import collate
 from moil.harness.data.disk import check_columns, decode_image, read_split
+from moil.harness.data.visual_inputs import feature_tensor, with_boxes
 
 __all__ = ["DiskData", "DiskSplit", "load_disk_data"]
 
@@ -47,6 +49,17 @@ class DiskSplit:
     def images(self, index: list[int], column: str) -> list:
         cells = self.rows.select(index)[column]
         return [decode_image(cell, f"{self.field} = {self.path!r}") for cell in cells]
+
+    def visuals(self, index: list[int], column: str, features: str | None, boxes: str | None = None) -> list:
+        """Decoded images of ``column``, or with ``features`` set that column's ``(T, D)`` tensors
+        (with ``boxes``, each row's boxes appended: :func:`~moil.harness.data.visual_inputs.with_boxes`)."""
+        if features is None:
+            return self.images(index, column)
+        where, root = f"{self.field} = {self.path!r}", Path(self.path).expanduser()
+        root = root if root.is_dir() else root.parent
+        rows = self.rows.select(index)
+        out = [feature_tensor(cell, where, root) for cell in rows[features]]
+        return out if boxes is None else [with_boxes(x, b, where) for x, b in zip(out, rows[boxes], strict=True)]
 
 
 @attrs.frozen
@@ -83,7 +96,11 @@ class DiskData:
 
     def _batch(self, split: DiskSplit, task: str, index: list[int], negatives: list[int] | None) -> dict[str, Tensor]:
         c = self.columns
-        images = split.images(index, c.image)
+        if task == "nlvr2":
+            picked = split.rows.select(index)
+            left, right = (split.visuals(index, col, None) for col in c.pair)
+            return collate.pair_batch(self.processor, left, right, picked[c.text], picked[c.label])
+        images = split.visuals(index, c.image, c.features, c.boxes)
         if task == "itm":
             texts = split.rows.select(index + negatives)[c.text]
             return collate.itm_batch(self.processor, images, texts[:len(index)], texts[len(index):])
@@ -131,9 +148,22 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 
 def _needed(task: str, c: ColumnsSpec) -> dict[str, str]:
+    if task == "nlvr2":
+        if len(c.pair) != 2:
+            raise ConfigError(f"[data.columns] pair = {c.pair!r}: NLVR2 reads two image columns, e.g. "
+                              "pair = [\"left\", \"right\"] (metadata left_file_name / right_file_name).")
+        if c.features is not None:
+            raise ConfigError(f"[data.columns] features = {c.features!r}: NLVR2 reads the two images of "
+                              "[data.columns] pair (VisualBERT: through the EfficientNet grid); remove features.")
+        return {"pair[0]": c.pair[0], "pair[1]": c.pair[1], "text": c.text, "label": c.label}
+    if c.boxes is not None and c.features is None:
+        raise ConfigError(f"[data.columns] boxes = {c.boxes!r} is read with region features: set "
+                          "[data.columns] features = '<your feature column>' too, or remove boxes.")
+    image = {"features": c.features} if c.features is not None else {"image": c.image}
+    image |= {"boxes": c.boxes} if c.boxes is not None else {}
     if task == "vqa":
-        return {"image": c.image, "question": c.question, "answers": c.answers}
-    return {"image": c.image, "text": c.text}
+        return {**image, "question": c.question, "answers": c.answers}
+    return {**image, "text": c.text}
 
 
 def load_disk_data(config: Config, processor: Any) -> DiskData:
@@ -154,7 +184,8 @@ def load_disk_data(config: Config, processor: Any) -> DiskData:
                 f"data.{name} is not set but train.eval_splits lists {name!r}; set data.{name} = 'path' "
                 f"or train.eval_splits = {[s for s in config.train.eval_splits if s != name]}."
             )
-        rows = read_split(path, f"data.{name}", d.columns.image)
+        images = (d.columns.image, *(d.columns.pair if "nlvr2" in config.train.tasks else ()))
+        rows = read_split(path, f"data.{name}", images)
         if d.limit:
             rows = rows.select(range(min(d.limit, len(rows))))
         for task in config.train.tasks:
