@@ -107,3 +107,31 @@ def test_imitation_quality_respects_the_eckart_young_floor(run):
         if key.startswith("lowrank/"):  # no rank-r_eq additive student beats the floor
             assert value >= 1.0 - 1e-6, (key, value)
     assert written["distances"]["hybrid/als_fit"] < written["delta_norm"]
+
+
+def test_observer_overhead_times_every_arm(tmp_path):
+    """The Trainer and plain-loop arms, with and without the observer, are all timed, and
+    the with ÷ without ratios are the ratios of the printed medians (tiny, 1 round)."""
+    pytest.importorskip("accelerate")  # the Trainer needs it
+    threads, path, printed = torch.get_num_threads(), tmp_path / "observer.json", io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            result = _load("observer_overhead").main(
+                [*TINY, "--steps", "1", "--rounds", "1", "--no-memory", "--json", str(path)]
+            )
+    finally:
+        torch.set_num_threads(threads)
+    written = json.loads(path.read_text())
+    assert written["ratios"] == pytest.approx(result["ratios"])
+    assert set(written["ratios"]) == {
+        "trainer+moil/trainer",
+        "trainer+moil_k2/trainer",
+        "loop+observer/loop",
+    }
+    _check_ratios(written["ratios"])
+    times = written["seconds_per_step"]
+    assert set(times) == {"trainer", "trainer+moil", "trainer+moil_k2", "loop", "loop+observer"}
+    for with_, without in (("trainer+moil", "trainer"), ("loop+observer", "loop")):
+        ratio = times[with_]["median"] / times[without]["median"]
+        assert written["ratios"][f"{with_}/{without}"] == pytest.approx(ratio)
+    assert "observer_overhead" in printed.getvalue() and "----" in printed.getvalue()
