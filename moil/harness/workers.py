@@ -62,7 +62,24 @@ def intra_op_threads(threads: int) -> Iterator[None]:
 
 
 _worker: dict[str, Any] = {}
-_terminated = threading.Event()  # this worker got SIGTERM, or its parent is gone
+class _Flag:
+    """A flag a signal handler may set. Not a ``threading.Event``: its lock is not
+    reentrant, so a SIGTERM landing while the main thread is inside ``Event.set``
+    deadlocks the handler (seen: an orphaned worker stuck for good)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = False
+
+    def set(self) -> None:
+        self.value = True
+
+    def is_set(self) -> bool:
+        return self.value
+
+
+_terminated = _Flag()  # this worker got SIGTERM, or its parent is gone
 _busy = threading.Event()  # a run is in progress (it exits at its next step)
 #: Seconds an orphaned worker waits for its run to checkpoint before it exits anyway.
 ORPHAN_GRACE_S = 60.0
