@@ -21,7 +21,7 @@ from moil.approx import TRANSFORM_KEYS, Adapter, Hybrid, LowRank, Transform
 from moil.approx.protocol import positive_int
 from moil.objectives import best_low_rank, eckart_young
 
-__all__ = ["SVDFit", "ALSFit", "bias_shift", "check_als_adapter", "reduced_rank_regression"]
+__all__ = ["SVDFit", "ALSFit", "bias_shift", "check_als_adapter", "check_low_rank_adapter", "reduced_rank_regression"]
 
 Tensors = Mapping[str, Tensor]
 
@@ -76,6 +76,23 @@ def _low_rank_step(g: Tensor, targets: list[Tensor], w0: list[Tensor], rank: int
                 n = None
         out.append(reduced_rank_regression(g.T, y.T, rank).T if n is None else n)
     return out
+
+
+def check_low_rank_adapter(adapter: Adapter, fit: str, other: str) -> LowRank:
+    """The :class:`~moil.approx.LowRank` of an adapter a rank-truncation fit can solve.
+
+    Raises:
+      TypeError: not LowRank (names ``other``, the fit for Transform/Hybrid).
+      ValueError: ``lora_a`` is shared across targets (no closed form).
+    """
+    approx = adapter.approx
+    if not isinstance(approx, LowRank):
+        raise TypeError(
+            f"{fit} fits LowRank students, got {type(approx).__name__}; use {other} for Transform/Hybrid."
+        )
+    if adapter.sharing is not None and "lora_a" in adapter.sharing.keys:
+        raise ValueError(f"{fit}: a shared lora_a has no closed form; use Gradient steps.")
+    return approx
 
 
 def check_als_adapter(adapter: Adapter, fit: str) -> tuple[LowRank | None, Transform, dict[str, tuple[str, ...]]]:
@@ -142,14 +159,7 @@ class SVDFit:
     def fit(
         self, adapter: Adapter, base: Tensors, target: Tensors, params: Tensors
     ) -> dict[str, Tensor]:
-        approx = adapter.approx
-        if not isinstance(approx, LowRank):
-            raise TypeError(
-                f"SVDFit fits LowRank students, got {type(approx).__name__}; use ALSFit for "
-                "Transform/Hybrid."
-            )
-        if adapter.sharing is not None and "lora_a" in adapter.sharing.keys:
-            raise ValueError("SVDFit: a shared lora_a has no closed form; use Gradient steps.")
+        approx = check_low_rank_adapter(adapter, "SVDFit", "ALSFit")
         out = dict(params)
         for t in adapter.targets:
             w0 = base[f"{t}.weight"]

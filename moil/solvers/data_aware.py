@@ -32,7 +32,7 @@ from torch import Tensor
 from moil.approx import Adapter, Hybrid, LowRank, Transform
 from moil.approx.protocol import positive_int
 from moil.objectives import eckart_young
-from moil.solvers.closed_form import bias_shift, check_als_adapter, reduced_rank_regression
+from moil.solvers.closed_form import bias_shift, check_als_adapter, check_low_rank_adapter, reduced_rank_regression
 
 __all__ = ["WhitenedALSFit", "WhitenedSVDFit", "whitening"]
 
@@ -97,14 +97,7 @@ class WhitenedSVDFit:
     moments: Mapping[str, Tensor] = attrs.field(converter=dict)
 
     def fit(self, adapter: Adapter, base: Tensors, target: Tensors, params: Tensors) -> dict[str, Tensor]:
-        approx = adapter.approx
-        if not isinstance(approx, LowRank):
-            raise TypeError(
-                f"WhitenedSVDFit fits LowRank students, got {type(approx).__name__}; use "
-                "WhitenedALSFit for Transform/Hybrid."
-            )
-        if adapter.sharing is not None and "lora_a" in adapter.sharing.keys:
-            raise ValueError("WhitenedSVDFit: a shared lora_a has no closed form; use Gradient steps.")
+        approx = check_low_rank_adapter(adapter, "WhitenedSVDFit", "WhitenedALSFit")
         out = dict(params)
         for t in adapter.targets:
             w0 = base[f"{t}.weight"]
