@@ -29,7 +29,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from moil.approx import Adapter, Hybrid, LowRank, Transform
+from moil.approx import Adapter, LowRank, Transform
 from moil.approx.protocol import positive_int
 from moil.objectives import eckart_young
 from moil.solvers.closed_form import bias_shift, check_als_adapter, check_low_rank_adapter, reduced_rank_regression
