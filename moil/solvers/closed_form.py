@@ -21,7 +21,7 @@ from moil.approx import TRANSFORM_KEYS, Adapter, Hybrid, LowRank, Transform
 from moil.approx.protocol import positive_int
 from moil.objectives import best_low_rank, eckart_young
 
-__all__ = ["SVDFit", "ALSFit", "bias_shift", "check_als_adapter", "check_low_rank_adapter", "reduced_rank_regression"]
+__all__ = ["SVDFit", "ALSFit", "bias_shift", "check_als_adapter", "check_low_rank_adapter", "group_params", "reduced_rank_regression"]
 
 Tensors = Mapping[str, Tensor]
 
@@ -76,6 +76,29 @@ def _low_rank_step(g: Tensor, targets: list[Tensor], w0: list[Tensor], rank: int
                 n = None
         out.append(reduced_rank_regression(g.T, y.T, rank).T if n is None else n)
     return out
+
+
+def group_params(
+    adapter: Adapter, members: tuple[str, ...], base: Tensors, target: Tensors, lows: list[Tensor],
+    ns: list[Tensor], m: Tensor, low: LowRank | None, transform: Transform,
+) -> dict[str, Tensor]:
+    r"""A sharing group's fitted parameters from an ALS-style fit's ``N_t`` and ``M``.
+
+    ``s·B_t A_t = N_t`` and ``U D = M`` (Eckart–Young splits, exact at their ranks), the
+    bias shift by :func:`bias_shift`; contiguous, in the dtype of the group's ``W0``.
+    """
+    fitted: dict[str, Tensor] = {}
+    if low is not None:
+        for t, n in zip(members, ns):
+            b, a, _ = eckart_young(n / low.scale, low.rank)
+            fitted[adapter.key(t, "lora_b")], fitted[adapter.key(t, "lora_a")] = b, a
+    up, down, _ = eckart_young(m, transform.rank)
+    fitted[adapter.key(members[0], "transform_up")] = up
+    fitted[adapter.key(members[0], "transform_down")] = down
+    fitted.update(bias_shift(adapter, members, base, target, lows, transform.rank))
+    like = base[f"{members[0]}.weight"]
+    # .to() keeps a view's strides: copy, so a resumed run sees the same layout.
+    return {k: v.to(like).contiguous() for k, v in fitted.items()}
 
 
 def check_low_rank_adapter(adapter: Adapter, fit: str, other: str) -> LowRank:
@@ -209,12 +232,12 @@ class ALSFit:
 
     def _fit_group(self, adapter, members, base, target, views, low, transform):
         f64 = torch.float64
-        like = base[f"{members[0]}.weight"]
         w0 = [base[f"{t}.weight"].to(f64) for t in members]
         tw = [target[f"{t}.weight"].to(f64) for t in members]
         view = views[members[0]]
         m = view["transform_up"].to(f64) @ view["transform_down"].to(f64)
         eye = torch.eye(m.shape[0], dtype=f64, device=m.device)
+        ns: list[Tensor] = []
         if low is None:
             lows = w0
         else:
@@ -222,7 +245,6 @@ class ALSFit:
                 w + low.scale * views[t]["lora_b"].to(f64) @ views[t]["lora_a"].to(f64)
                 for t, w in zip(members, w0)
             ]
-        fitted: dict[str, Tensor] = {}
         for _ in range(self.iterations):
             if low is not None:
                 g = eye + m
@@ -232,14 +254,4 @@ class ALSFit:
             m = reduced_rank_regression(stacked, torch.cat([t - l for t, l in zip(tw, lows)]), transform.rank)
             if low is None:
                 break  # nothing to alternate with: one regression is the optimum
-        if low is not None:
-            for t, n in zip(members, ns):
-                b, a, _ = eckart_young(n / low.scale, low.rank)
-                fitted[adapter.key(t, "lora_b")], fitted[adapter.key(t, "lora_a")] = b, a
-        up, down, _ = eckart_young(m, transform.rank)
-        t0 = members[0]
-        fitted[adapter.key(t0, "transform_up")] = up
-        fitted[adapter.key(t0, "transform_down")] = down
-        fitted.update(bias_shift(adapter, members, base, target, lows, transform.rank))
-        # .to() keeps a view's strides: copy, so a resumed run sees the same layout.
-        return {k: v.to(like).contiguous() for k, v in fitted.items()}
+        return group_params(adapter, members, base, target, lows, ns, m, low, transform)

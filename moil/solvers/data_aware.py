@@ -32,7 +32,12 @@ from torch import Tensor
 from moil.approx import Adapter, LowRank, Transform
 from moil.approx.protocol import positive_int
 from moil.objectives import eckart_young
-from moil.solvers.closed_form import bias_shift, check_als_adapter, check_low_rank_adapter, reduced_rank_regression
+from moil.solvers.closed_form import (
+    check_als_adapter,
+    check_low_rank_adapter,
+    group_params,
+    reduced_rank_regression,
+)
 
 __all__ = ["WhitenedALSFit", "WhitenedSVDFit", "whitening"]
 
@@ -162,14 +167,4 @@ class WhitenedALSFit:
             m = reduced_rank_regression(torch.cat(lows), gaps, transform.rank) @ s_pinv
             if low is None:
                 break  # nothing to alternate with: one regression is the optimum
-        fitted: dict[str, Tensor] = {}
-        if low is not None:
-            for t, n in zip(members, ns):
-                b, a, _ = eckart_young(n / low.scale, low.rank)
-                fitted[adapter.key(t, "lora_b")], fitted[adapter.key(t, "lora_a")] = b, a
-        up, down, _ = eckart_young(m, transform.rank)
-        t0 = members[0]
-        fitted[adapter.key(t0, "transform_up")] = up
-        fitted[adapter.key(t0, "transform_down")] = down
-        fitted.update(bias_shift(adapter, members, base, target, lows, transform.rank))
-        return {k: v.to(like).contiguous() for k, v in fitted.items()}
+        return group_params(adapter, members, base, target, lows, ns, m, low, transform)
