@@ -264,25 +264,46 @@ def interleaved(
     """Seconds per call of every arm: ``warmup`` untimed calls each, then ``rounds`` rounds
     in which every arm (in an order rotated each round) runs ``steps`` timed calls.
 
-    Returns ``{arm: {"median": s, "min": s, "max": s}}`` over the rounds' per-call means.
+    Returns ``{arm: {"median": s, "min": s, "max": s, "rounds": [s, …]}}`` over the rounds'
+    per-call means of wall time (see :func:`paired_ratio`), plus ``"cpu_median"`` and
+    ``"cpu_rounds"``: the process's CPU time per call. With one intra-op thread on a
+    machine other jobs share, CPU time is the steadier measure: waiting for a core does
+    not count (memory-bandwidth contention still does).
     """
     for fn in arms.values():
         for _ in range(warmup):
             fn()
     sync(device)
     names, per_round = list(arms), {name: [] for name in arms}
+    cpu_round = {name: [] for name in arms}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             sync(device)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             for _ in range(steps):
                 arms[name]()
             sync(device)
             per_round[name].append((time.perf_counter() - start) / steps)
+            cpu_round[name].append((time.process_time() - cpu) / steps)
     return {
-        n: {"median": statistics.median(v), "min": min(v), "max": max(v)}
+        n: {
+            "median": statistics.median(v),
+            "min": min(v),
+            "max": max(v),
+            "rounds": v,
+            "cpu_median": statistics.median(cpu_round[n]),
+            "cpu_rounds": cpu_round[n],
+        }
         for n, v in per_round.items()
     }
+
+
+def paired_ratio(times: dict[str, dict[str, Any]], arm: str, reference: str, *, cpu: bool = False) -> float:
+    """The median over rounds of ``arm``'s time ÷ ``reference``'s in the same round: the two
+    ran seconds apart, so slow drifts in the machine's load cancel. ``cpu``: of CPU time."""
+    key = "cpu_rounds" if cpu else "rounds"
+    pairs = zip(times[arm][key], times[reference][key])
+    return statistics.median(a / b for a, b in pairs)
 
 
 # -- peak memory ------------------------------------------------------------------

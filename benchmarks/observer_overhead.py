@@ -227,8 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
     ratios, min_ratios, paired_ratios, memory_ratios, extra_ms = {}, {}, {}, {}, {}
     for key, (with_, without) in PAIRS.items():
         ratios[key] = times[with_]["median"] / times[without]["median"]
-        per_round = zip(times[with_]["rounds"], times[without]["rounds"])
-        paired_ratios[key] = common.statistics.median(a / b for a, b in per_round)
+        paired_ratios[key] = common.paired_ratio(times, with_, without)
         min_ratios[key] = times[with_]["min"] / times[without]["min"]
         extra_ms[key] = 1e3 * (times[with_]["median"] - times[without]["median"])
         if memory:

@@ -77,6 +77,23 @@ def sizes(setup: common.Setup) -> dict[str, dict[str, int]]:
     }
 
 
+def memory_floor(setup: common.Setup, memory: dict) -> dict[str, float]:
+    """MoIL's peak-memory floor: full fine-tuning's peak + one momentum copy of the targets
+    + the student and its two AdamW moments (bytes → MiB), and moil's peak ÷ it."""
+    bb = setup.backbone
+    momentum = sum(v.numel() * v.element_size() for v in bb.base().values())
+    student = 3 * common.stored_params(bb, Hybrid(setup.rank)) * 4  # fp32 params, m, v
+    floor = memory["full_ft"]["peak_bytes"] + momentum + student
+    mib = 2**20
+    return {
+        "moil_mib": memory["moil"]["peak_bytes"] / mib,
+        "floor_mib": floor / mib,
+        "momentum_mib": momentum / mib,
+        "student_mib": student / mib,
+        "ratio": memory["moil"]["peak_bytes"] / floor,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = common.parser(__doc__.splitlines()[0], steps_help="timed steps per arm per round")
     p.add_argument("--rounds", type=int, default=None)
@@ -104,12 +121,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     count = sizes(setup)
     t_ft, t_peft = times["full_ft"]["median"], times["peft_lora"]["median"]
-    rows, ratios, min_ratios, memory_ratios = [], {}, {}, {}
+    rows, ratios, min_ratios, paired, memory_ratios = [], {}, {}, {}, {}
     for name in ARMS:
         t = times[name]["median"]
         ratios[f"{name}/full_ft"] = t / t_ft
         ratios[f"{name}/peft_lora"] = t / t_peft
         min_ratios[f"{name}/full_ft"] = times[name]["min"] / times["full_ft"]["min"]
+        paired[f"{name}/full_ft"] = common.paired_ratio(times, name, "full_ft")
+        paired[f"{name}/full_ft (cpu)"] = common.paired_ratio(times, name, "full_ft", cpu=True)
         row = [
             name,
             count[name]["trainable"],
@@ -120,6 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
             t / t_ft,
             t / t_peft,
             min_ratios[f"{name}/full_ft"],
+            paired[f"{name}/full_ft"],
+            paired[f"{name}/full_ft (cpu)"],
         ]
         if memory:
             mib = memory[name]["peak_bytes"] / 2**20
@@ -137,6 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
         "× full_ft",
         "× peft_lora",
         "× full_ft (of mins)",
+        "× full_ft (paired)",
+        "× full_ft (cpu, paired)",
     ]
     if memory:
         headers += ["peak Δ MiB", "mem × full_ft"]
@@ -146,10 +169,42 @@ def main(argv: list[str] | None = None) -> dict:
         f"{rounds} rounds × {steps} steps, median of per-round means"
     )
     print(common.table(headers, rows))
+    headline = {
+        "full_ft/torch_full_ft": {
+            "median": times["full_ft"]["median"] / times["torch_full_ft"]["median"],
+            "min": times["full_ft"]["min"] / times["torch_full_ft"]["min"],
+            "paired": common.paired_ratio(times, "full_ft", "torch_full_ft"),
+            "cpu": common.paired_ratio(times, "full_ft", "torch_full_ft", cpu=True),
+        },
+        "lora/peft_lora": {
+            "median": times["lora"]["median"] / t_peft,
+            "min": times["lora"]["min"] / times["peft_lora"]["min"],
+            "paired": common.paired_ratio(times, "lora", "peft_lora"),
+            "cpu": common.paired_ratio(times, "lora", "peft_lora", cpu=True),
+        },
+    }
+    floor = {}
     if memory:
         print(
             f"peak memory: {memory['full_ft']['method']}; baseline = model + batch loaded "
             f"({memory['full_ft']['baseline_bytes'] / 2**20:.0f} MiB)"
+        )
+        floor = memory_floor(setup, memory)
+        headline["full_ft/torch_full_ft"]["memory"] = (
+            memory["full_ft"]["peak_bytes"] / memory["torch_full_ft"]["peak_bytes"]
+        )
+        headline["lora/peft_lora"]["memory"] = memory["lora"]["peak_bytes"] / memory["peft_lora"]["peak_bytes"]
+    for key, r in headline.items():
+        mem = f", memory {r['memory']:.3f}" if "memory" in r else ""
+        print(
+            f"{key}: step {r['median']:.3f} (minima {r['min']:.3f}, paired {r['paired']:.3f}, "
+            f"cpu paired {r['cpu']:.3f}){mem}"
+        )
+    if floor:
+        print(
+            f"moil peak {floor['moil_mib']:.1f} MiB vs its floor {floor['floor_mib']:.1f} MiB "
+            f"(full_ft peak + momentum copy of the targets {floor['momentum_mib']:.1f} + student with "
+            f"its AdamW moments {floor['student_mib']:.1f}): × {floor['ratio']:.3f}"
         )
     return common.report(
         args,
@@ -164,6 +219,9 @@ def main(argv: list[str] | None = None) -> dict:
             "peak_memory": memory,
             "ratios": ratios,
             "min_ratios": min_ratios,
+            "paired_ratios": paired,
+            "headline": headline,
+            "memory_floor": floor,
             "memory_ratios": memory_ratios,
         },
     )

@@ -120,11 +120,13 @@ class AdamW:
             m = torch._foreach_lerp([state.exp_avg[k] for k in keys], g, 1.0 - b1)
             v = torch._foreach_mul([state.exp_avg_sq[k] for k in keys], b2)
             torch._foreach_addcmul_(v, g, g, value=1.0 - b2)
+            # m̂/(√v̂ + ε) = (√c₂/c₁)·m/(√v + ε√c₂) with cᵢ = 1 − βᵢᵗ: one pass fewer than
+            # dividing √v by √c₂.
+            c2 = math.sqrt(1.0 - b2**step)
             denom = torch._foreach_sqrt(v)
-            torch._foreach_div_(denom, math.sqrt(1.0 - b2**step))
-            torch._foreach_add_(denom, self.eps)
+            torch._foreach_add_(denom, self.eps * c2)
             new_p = torch._foreach_mul(p, 1.0 - lr * self.weight_decay)
-            torch._foreach_addcdiv_(new_p, m, denom, value=-lr / (1.0 - b1**step))
+            torch._foreach_addcdiv_(new_p, m, denom, value=-lr * c2 / (1.0 - b1**step))
         return (
             dict(zip(keys, new_p)),
             AdamState(step, dict(zip(keys, m)), dict(zip(keys, v))),

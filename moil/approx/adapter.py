@@ -10,6 +10,7 @@ where the owner is the target itself or, for a parameter declared shared by a
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from typing import Iterable, Mapping
 
@@ -49,6 +50,12 @@ def _targets(instance, attribute, value: tuple[str, ...]) -> None:
         raise ValueError(f"Adapter: targets listed twice: {twice}; list each layer once.")
 
 
+@functools.lru_cache(maxsize=65536)
+def _group_name(strip: str, target: str) -> str:
+    # Cached: solvers ask for every parameter's key on every step.
+    return re.sub(strip, "", target, count=1) or target
+
+
 @attrs.frozen
 class Sharing:
     r"""Targets that read the same input share the parameters named in ``keys``.
@@ -72,7 +79,7 @@ class Sharing:
 
     def group(self, target: str) -> str:
         """The group name of ``target``."""
-        return re.sub(self.strip, "", target, count=1) or target
+        return _group_name(self.strip, target)
 
     def groups(self, targets: Iterable[str]) -> dict[str, tuple[str, ...]]:
         """Group name → its member targets, in ``targets``' order (singletons included)."""

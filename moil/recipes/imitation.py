@@ -24,7 +24,7 @@ from moil.approx import SEP, Adapter
 from moil.momentum import MomentumState, MomentumTarget
 from moil.optim import AdamState, AdamW
 from moil.recipes.student import Student, student_seed
-from moil.recipes.task_step import check_finite
+from moil.recipes.task_step import check_all_finite
 
 __all__ = ["Follower", "Imitation", "ImitationState"]
 
@@ -151,12 +151,13 @@ class Imitation:
         Raises:
           FloatingPointError: a student's loss or distance is NaN/inf (nothing is changed).
         """
-        students, opts, metrics = {}, {}, {}
+        students, opts, raw = {}, {}, {}
         for name, f in self.followers.items():
             params, opt, m = f.follow(state.students[name], state.student_opts[name], base, targets[f.target], state.step)
-            for key, value in m.items():
-                metrics[f"{key}/{name}"] = check_finite(value, f"student {name!r} {key}", state.step)
+            raw.update({f"student {name!r} {key}": (f"{key}/{name}", value) for key, value in m.items()})
             students[name], opts[name] = params, opt
+        read = check_all_finite({what: value for what, (_, value) in raw.items()}, state.step)
+        metrics = {key: read[what] for what, (key, _) in raw.items()}
         return state._replace(step=state.step + 1, students=students, student_opts=opts), metrics
 
     # -- split by target over ranks (moil.distributed.sharding) ------------------

@@ -12,6 +12,7 @@ put its imitation between them; :meth:`TaskStep.step` is both.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
@@ -32,6 +33,7 @@ __all__ = [
     "TaskState",
     "TaskStep",
     "check_finite",
+    "check_all_finite",
     "clone",
     "default_optimizer",
     "group",
@@ -91,6 +93,20 @@ def check_finite(value: Tensor | float, what: str, step: int) -> float:
             "rate, check the batch for NaN/inf inputs, or use fp32 instead of fp16."
         )
     return v
+
+
+def check_all_finite(values: Mapping[str, Tensor | float], step: int) -> dict[str, float]:
+    """``{name: float}`` of ``values`` read in one host transfer; raises as :func:`check_finite`
+    naming the first NaN/inf one (one synchronisation per step on CUDA, not one per value)."""
+    tensors = [v.detach().reshape(()) for v in values.values() if isinstance(v, Tensor)]
+    read = iter([])
+    if tensors:
+        dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+        read = iter(torch.stack([t.to(tensors[0].device, dtype) for t in tensors]).tolist())
+    out = {k: (next(read) if isinstance(v, Tensor) else float(v)) for k, v in values.items()}
+    for name, v in out.items():
+        check_finite(v, name, step)
+    return out
 
 
 def clone(tensors: Mapping[str, Tensor], dtype: torch.dtype | None = None) -> dict[str, Tensor]:

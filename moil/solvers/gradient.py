@@ -11,6 +11,7 @@ from moil.approx import Adapter
 from moil.autodiff import leaf_gradients
 from moil.objectives import imitation_loss, squared_frobenius_distance
 from moil.optim import AdamState, AdamW
+from moil.solvers.frobenius_gradient import closed_form_weights, frobenius_gradient
 
 __all__ = ["Gradient"]
 
@@ -28,7 +29,10 @@ class Gradient:
     reference: the student takes one AdamW step on
     ``Σ_t mean((W̄_t − Ŵ_t)²) + mean((b̄_t − b̂_t)²)`` alongside the teacher's
     task step. Imitation needs weights only, no data, so extra steps are cheap
-    (``O(targets · out · in · r)`` each, no forward pass).
+    (``O(targets · out · in · r)`` each, no forward pass). For the Frobenius losses
+    on LowRank/Transform/Hybrid the gradient is taken in closed form
+    (:mod:`moil.solvers.frobenius_gradient`, no ``Ŵ`` formed); any other loss or
+    approximation goes through autograd.
 
     Args:
       steps: ``k ≥ 1``.
@@ -49,18 +53,24 @@ class Gradient:
         step: int | None = None,
     ) -> tuple[dict[str, Tensor], AdamState, dict[str, float]]:
         """Returns new params, optimiser state and ``{"imitation_loss", "distance"}``
-        measured *before* the last step (what the gradient saw).
+        measured *before* the last step (what the gradient saw), as 0-dim tensors: no
+        host synchronisation here (the caller checks them all at once).
 
         ``step`` is the task step: all ``k`` updates use the learning rate of that
         step, so the schedule spans the run whatever ``k`` is (indexing it by the
         optimiser's own update count would exhaust it after ``1/k`` of the run).
         """
         lr = None if step is None else optimizer.learning_rate(step)
+        weight = closed_form_weights(self.loss, adapter)
         for _ in range(self.steps):
-            grads, value, merged = leaf_gradients(lambda p: self._loss(adapter, base, p, target), params)
+            closed = weight and frobenius_gradient(adapter, base, params, target, weight)
+            if closed:
+                grads, value, squared = closed
+            else:
+                grads, value, merged = leaf_gradients(lambda p: self._loss(adapter, base, p, target), params)
+                squared = squared_frobenius_distance(merged, target)
             params, opt_state = optimizer.update(grads, opt_state, params, lr=lr)
-        distance = squared_frobenius_distance(merged, target).sqrt()
-        return params, opt_state, {"imitation_loss": float(value), "distance": float(distance)}
+        return params, opt_state, {"imitation_loss": value, "distance": squared.sqrt()}
 
     def _loss(self, adapter, base, params, target):
         merged = adapter.merge(params, base)
