@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The GPU checks in one call (a few minutes on one GPU): the CUDA-marked tests, the GPU
-# benchmarks, and `moil train` on CUDA (NCCL under torchrun when there are >= 2 GPUs).
-# Written on a machine without a GPU and not yet run; when a GPU is at hand:
+# benchmarks, and `moil train` on CUDA in fp32 and bf16 (NCCL under torchrun when there
+# are >= 2 GPUs). When a GPU is at hand:
 #
-#     bash benchmarks/gpu.sh            # output also in ${OUT:-benchmarks/gpu-results}/
+#     bash benchmarks/gpu.sh              # output also in ${OUT:-benchmarks/gpu-results}/
+#     bash benchmarks/gpu.sh --dry-run    # every step on the CPU at --size tiny (no GPU needed)
 #
 # It needs a CUDA build of torch in the environment (this repository's .venv holds the CPU
-# build, torch==2.13.0+cpu; the script stops at once if torch sees no GPU). Then record the output in benchmarks/README.md ("GPU runs"). Every step runs even if one
-# fails; the exit code is the number of failed steps.
+# build, torch==2.13.0+cpu; the script stops at once if torch sees no GPU). Then record the
+# output in benchmarks/README.md ("GPU runs"). Every step runs even if one fails; the exit
+# code is the number of failed steps. The dry run (tests/test_benchmarks.py runs it) checks
+# that every command parses and runs; it skips the CUDA tests and the memory subprocesses.
 set -u
 cd "$(dirname "$0")/.."
 [ -f .venv/bin/activate ] && . .venv/bin/activate
@@ -26,15 +29,24 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log it, count failu
   [ "$rc" -eq 0 ] || failed=$((failed + 1))
 }
 
-step machine 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.is_available(), torch.cuda.device_count())"'
-python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' || {
-  echo "torch sees no CUDA device (a CPU build of torch?); nothing else to run" | tee -a "$LOG"; exit 1; }
-
-# 1. Tests whose names mark them as CUDA paths (skipped on CPU): device moves, bf16, memory stats.
-step cuda-tests 240 python -m pytest -q -x -p no:cacheprovider -k "cuda or gpu" tests/
-# 2. Benchmarks on the GPU (autocast, torch.cuda.max_memory_allocated).
-step step-cost 240 python benchmarks/step_cost.py --size vilt-b32 --device cuda --steps 10 --json "$OUT_DIR/step_cost.json"
-step inference 120 python benchmarks/inference.py --size vilt-b32 --device cuda --steps 20 --json "$OUT_DIR/inference.json"
+DEVICE=cuda SIZE=vilt-b32 STEPS=10 NOMEM=
+if [ "${1:-}" = "--dry-run" ]; then
+  DEVICE=cpu SIZE=tiny STEPS=1 NOMEM=--no-memory
+  echo "dry run: every step on the CPU at --size tiny" | tee -a "$LOG"
+else
+  step machine 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.is_available(), torch.cuda.device_count())"'
+  python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' || {
+    echo "torch sees no CUDA device (a CPU build of torch?); nothing else to run" | tee -a "$LOG"; exit 1; }
+  # 1. Tests whose names mark them as CUDA paths (skipped on CPU): device moves, bf16, memory stats.
+  step cuda-tests 240 python -m pytest -q -x -p no:cacheprovider -k "cuda or gpu" tests/
+fi
+# 2. Benchmarks on the GPU (synchronised timings, torch.cuda.max_memory_allocated).
+B="--size $SIZE --device $DEVICE --steps $STEPS"
+step step-cost 240 python benchmarks/step_cost.py $B $NOMEM --json "$OUT_DIR/step_cost.json"
+step many-students 180 python benchmarks/many_students.py $B --json "$OUT_DIR/many_students.json"
+step inference 120 python benchmarks/inference.py --size "$SIZE" --device "$DEVICE" --steps $((STEPS * 2)) --json "$OUT_DIR/inference.json"
+step imitation-quality 180 python benchmarks/imitation_quality.py --size "$SIZE" --device "$DEVICE" --steps $((STEPS < 4 ? 4 : 8)) --json "$OUT_DIR/imitation_quality.json"
+step observer-overhead 240 python benchmarks/observer_overhead.py $B $NOMEM --json "$OUT_DIR/observer_overhead.json"
 # 3. `moil train` on CUDA: one process; with >= 2 GPUs, 2 ranks under torchrun (NCCL) compared to it.
 cat > "$OUT_DIR/run.toml" <<'TOML'
 [data]
@@ -46,7 +58,7 @@ family = "tiny"
 steps = 4
 seeds = [0]
 tasks = ["itm"]
-device = "cuda"
+device = "DEVICE"
 eval_splits = ["test"]
 [[arms]]
 name = "moil"
@@ -58,9 +70,12 @@ name = "hy"
 approx = "hybrid"
 rank = 2
 TOML
-rm -rf "$OUT_DIR/one" "$OUT_DIR/two"
-step train-cuda 180 python -m moil.harness.cli train --config "$OUT_DIR/run.toml" --out "$OUT_DIR/one"
-if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
+sed -i "s/\"DEVICE\"/\"$DEVICE\"/" "$OUT_DIR/run.toml"
+sed 's/^\[train\]$/[train]\nprecision = "bf16"/' "$OUT_DIR/run.toml" > "$OUT_DIR/run-bf16.toml"
+rm -rf "$OUT_DIR/one" "$OUT_DIR/two" "$OUT_DIR/bf16"
+step train-$DEVICE 180 python -m moil.harness.cli train --config "$OUT_DIR/run.toml" --out "$OUT_DIR/one"
+step train-$DEVICE-bf16 180 python -m moil.harness.cli train --config "$OUT_DIR/run-bf16.toml" --out "$OUT_DIR/bf16"
+if [ "$DEVICE" = cuda ] && [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
   step train-nccl 240 python -m torch.distributed.run --standalone --nproc_per_node 2 -m moil.harness.cli train \
     --config "$OUT_DIR/run.toml" --out "$OUT_DIR/two"
   step nccl-equals-one 60 python - "$OUT_DIR" <<'PY'

@@ -1,9 +1,12 @@
 """results.json → report.md (the table) and PNG plots a person would rather look at.
 
-Plots, per task: learning curves (training task loss per arm, mean over seeds),
-each MoIL student's weight distance to its momentum target over training, and
-the singular-value spectrum of the teacher's / target's update on one layer
-against what the student captures, with the Eckart–Young floor marked.
+Plots, per task (drawn by :mod:`moil.harness.plots`): learning curves (training task loss
+per arm, mean over seeds); each MoIL student's weight distance to its momentum target over
+training, with the value after the final closed-form fit (the table's) and the LowRank
+floors at the student's rank and at its stored size; the singular-value spectrum of the
+teacher's / target's update on one layer against the student's, with the ranks that
+explain it. A report of runs too short to mean anything (:data:`MEANINGFUL_STEPS`) says so
+at the top.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from matplotlib.figure import Figure  # a figure of its own: no pyplot state, no backend switch
+from moil.harness.plots import StudentDistance, distance_figure, loss_figure, spectrum_figure
 
-__all__ = ["write_report", "table_markdown", "CANDIDATE_LABELS"]
+__all__ = ["write_report", "table_markdown", "caveat", "CANDIDATE_LABELS", "MEANINGFUL_STEPS"]
+
+MEANINGFUL_STEPS = 50  # fewer training steps a run: a check that everything runs, not a comparison
 
 CANDIDATE_LABELS = {"teacher": "teacher (= full fine-tuning)", "heads": "heads only"}
 
@@ -54,11 +59,19 @@ def table_markdown(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _curves(out: Path, runs: list[dict], task: str) -> list[str]:
+def _student_config(config: dict, arm: str, student: str) -> dict:
+    """The ``[[arms.students]]`` table of ``arm``'s ``student`` in the results' config ({} if absent)."""
+    for a in config.get("arms", []):
+        if a.get("name") == arm:
+            return next((s for s in a.get("students", []) if s.get("name") == student), {})
+    return {}
+
+
+def _curves(out: Path, results: dict, task: str) -> list[str]:
     """Training loss per arm and distance-to-target per MoIL student."""
     loss: dict[str, list[list[float]]] = {}
-    distance: dict[str, list[list[float]]] = {}
-    for run in runs:
+    distance: dict[tuple[str, str], dict[str, list]] = {}
+    for run in results["runs"]:
         if run["task"] != task:
             continue
         rows = _metrics(out, run)
@@ -67,30 +80,27 @@ def _curves(out: Path, runs: list[dict], task: str) -> list[str]:
         loss.setdefault(run["arm"], []).append([r["task_loss"] for r in rows])
         for key in rows[0]:
             if key.startswith("distance/"):
-                distance.setdefault(f"{run['arm']} · {key.split('/', 1)[1]}", []).append([r[key] for r in rows])
+                student = key.split("/", 1)[1]
+                seen = distance.setdefault((run["arm"], student), {"curves": [], "infos": []})
+                seen["curves"].append([r[key] for r in rows])
+                if student in run.get("imitation", {}):
+                    seen["infos"].append(run["imitation"][student])
+    students = []
+    for (arm, student), seen in distance.items():
+        infos, cfg = seen["infos"], _student_config(results.get("config", {}), arm, student)
+        students.append(StudentDistance(
+            label=f"{arm} · {student}", curves=seen["curves"], finals=[i["distance"] for i in infos],
+            final_fit=cfg.get("refit") if cfg.get("final_fit") else None,
+            rank=infos[0]["rank"] if infos else None, floors=[i["eckart_young_floor"] for i in infos],
+            equal_size_rank=infos[0].get("equal_size_rank") if infos else None,
+            equal_size_floors=[i["equal_size_floor"] for i in infos if "equal_size_floor" in i],
+        ))
     files = []
-    for name, series, ylabel, log in (
-        (f"curves-{task}.png", loss, "training task loss (EMA-smoothed)", False),
-        (f"distance-{task}.png", distance, "‖W̄ − Ŵ‖_F (student to its target)", True),
-    ):
-        if not series:
-            continue
-        fig = Figure(figsize=(6.4, 4))
-        ax = fig.subplots()
-        for label, seeds in series.items():
-            length = min(len(s) for s in seeds)
-            mean = [sum(s[i] for s in seeds) / len(seeds) for i in range(length)]
-            ax.plot(range(1, length + 1), _smooth(mean) if not log else mean, label=f"{label} (n={len(seeds)})")
-        ax.set_xlabel("step")
-        ax.set_ylabel(ylabel)
-        if log:
-            ax.set_yscale("log")
-        ax.set_title(f"{task}: {'learning curves' if not log else 'imitation: distance to target'}")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
-        files.append(name)
+    for name, fig in ((f"curves-{task}.png", loss_figure(task, loss) if loss else None),
+                      (f"distance-{task}.png", distance_figure(task, students) if students else None)):
+        if fig is not None:
+            fig.savefig(out / name, dpi=110)
+            files.append(name)
     return files
 
 
@@ -99,24 +109,8 @@ def _spectrum(out: Path, runs: list[dict], task: str) -> list[str]:
         if run["task"] != task or not run.get("imitation"):
             continue
         name, info = next(iter(run["imitation"].items()))
-        fig = Figure(figsize=(6.4, 4))
-        ax = fig.subplots()
-        for key, label in (("spectrum_teacher", "teacher update W − W0"),
-                           ("spectrum_target", "target update W̄ − W0"),
-                           ("spectrum_student", f"student update Ŵ − W0 ({name})")):
-            values = info[key]
-            ax.semilogy(range(1, len(values) + 1), [max(v, 1e-12) for v in values], label=label)
-        ax.axvline(info["rank"], color="gray", linestyle="--", label=f"student rank r = {info['rank']}")
-        ax.set_xlabel("singular value index")
-        ax.set_ylabel("singular value")
-        ax.set_title(
-            f"{task} · {run['arm']} · seed {run['seed']} · {'.'.join(info['probe_layer'].split('.')[-5:-1])}\n"
-            f"all layers: distance {info['distance']:.4f} vs Eckart–Young floor {info['eckart_young_floor']:.4f}",
-            fontsize=9,
-        )
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
+        layer = ".".join(info["probe_layer"].split(".")[-5:-1])
+        fig = spectrum_figure(f"{task} · {run['arm']} · seed {run['seed']} · layer {layer}", name, info)
         file = f"spectrum-{task}.png"
         fig.savefig(out / file, dpi=110)
         return [file]
@@ -130,12 +124,21 @@ def _metrics(out: Path, run: dict) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _smooth(values: list[float], alpha: float = 0.1) -> list[float]:
-    out, current = [], values[0] if values else 0.0
-    for v in values:
-        current = (1 - alpha) * current + alpha * v
-        out.append(current)
-    return out
+def caveat(results: dict[str, Any]) -> list[str]:
+    """Lines for the top of the report when its runs are too short to compare methods
+    (fewer than :data:`MEANINGFUL_STEPS` steps, as in ``moil demo --quick``); else ``[]``."""
+    steps = max((r["steps"] for r in results["runs"] if "steps" in r), default=None)
+    if steps is None or steps >= MEANINGFUL_STEPS:
+        return []
+    config = results.get("config", {})
+    seeds, limit = len(config.get("train", {}).get("seeds", [])), config.get("data", {}).get("limit", 0)
+    size = (f", {seeds} seed{'s' if seeds != 1 else ''}" if seeds else "") + (f", {limit} images a split" if limit else "")
+    return [
+        f"> **These numbers are not meaningful:** every run trained only {steps} steps{size} — too few steps "
+        f"(fewer than {MEANINGFUL_STEPS}) for any arm to adapt. This report checks that everything runs "
+        "(as `moil demo --quick` does); run `moil demo` to compare methods.",
+        "",
+    ]
 
 
 def _parallelism(machine: dict) -> str:
@@ -144,16 +147,35 @@ def _parallelism(machine: dict) -> str:
     return f"{workers} worker processes × {threads} each" if workers > 1 else threads
 
 
+def _imitation_table(imitation: list[tuple[dict, str, dict]]) -> list[str]:
+    lines = ["## Imitation: student vs its target", "",
+             "Distances are over every target tensor (weights and biases), as the distance plot's curve; "
+             "for a student with a final fit they are the values *after* it (the plot's ★). The *rank-r "
+             "LowRank floor* (Eckart–Young) is the closest any rank-r LoRA-like student gets; a Hybrid of "
+             "rank r stores more (its transform) and can go below it. The *equal-size floor* is the "
+             "LowRank floor at the rank whose stored size matches the student's.", "",
+             "| task | arm | seed | student | rank r (+ r_t) | ‖W̄−Ŵ‖_F | rank-r LowRank floor (Eckart–Young) "
+             "| equal-size LowRank floor (rank) | uncovered ‖W̄−Ŵ‖²/‖W̄−W0‖² |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r, n, i in imitation:
+        ranks = f"{i['rank']} + {i['transform_rank']}" if i.get("transform_rank") else f"{i['rank']}"
+        same = f"{i['equal_size_floor']:.4f} ({i['equal_size_rank']})" if "equal_size_floor" in i else "—"
+        lines.append(f"| {r['task']} | {r['arm']} | {r['seed']} | {n} | {ranks} | {i['distance']:.4f} "
+                     f"| {i['eckart_young_floor']:.4f} | {same} | {i['uncovered_fraction']:.3f} |")
+    return lines + [""]
+
+
 def write_report(results: dict[str, Any], out: str | Path) -> Path:
     """Write ``report.md`` and its plots next to ``results.json``; return the report path."""
     out = Path(out)
     tasks = sorted({r["task"] for r in results["runs"]})
     plots = []
     for task in tasks:
-        plots += _curves(out, results["runs"], task) + _spectrum(out, results["runs"], task)
+        plots += _curves(out, results, task) + _spectrum(out, results["runs"], task)
     lines = [
         "# moil report",
         "",
+        *caveat(results),
         f"Model parameters: {results['runs'][0]['model_parameters']:,}. "
         f"Machine: {results['machine']['processor']}, {_parallelism(results['machine'])}, "
         f"torch {results['machine']['torch']}. Wall time: {results['wall_seconds']:.0f} s.",
@@ -177,13 +199,7 @@ def write_report(results: dict[str, Any], out: str | Path) -> Path:
         lines.append("")
     imitation = [(r, n, i) for r in results["runs"] for n, i in r.get("imitation", {}).items()]
     if imitation:
-        lines += ["## Imitation: student vs its target", "",
-                  "| task | arm | seed | student | rank | ‖W̄−Ŵ‖_F | Eckart–Young floor | uncovered ‖W̄−Ŵ‖²/‖W̄−W0‖² |",
-                  "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
-        for r, n, i in imitation:
-            lines.append(f"| {r['task']} | {r['arm']} | {r['seed']} | {n} | {i['rank']} | {i['distance']:.4f} "
-                         f"| {i['eckart_young_floor']:.4f} | {i['uncovered_fraction']:.3f} |")
-        lines.append("")
+        lines += _imitation_table(imitation)
     lines += [f"![{p}]({p})" for p in plots]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
