@@ -78,6 +78,11 @@ def main(argv: list[str] | None = None) -> dict:
         ratios[f"joint_{k}/separate_{k}"] = med[f"joint_{k}"] / separate
         ratios[f"joint_{k}/full_ft"] = med[f"joint_{k}"] / med["full_ft"]
         per_student = (med[f"joint_{k}"] - med["full_ft"]) / k
+        # CPU time (one intra-op thread): steadier than wall time on a shared machine.
+        cpu_joint = common.paired_ratio(times, f"joint_{k}", "full_ft", cpu=True)
+        ratios[f"joint_{k}/full_ft (cpu, paired)"] = cpu_joint
+        ratios.setdefault("per_student/full_ft (cpu, paired)", {})
+        ratios["per_student/full_ft (cpu, paired)"][k] = (cpu_joint - 1) / k
         rows.append(
             [
                 k,
@@ -87,6 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
                 ratios[f"joint_{k}/separate_{k}"],
                 ratios[f"joint_{k}/full_ft"],
                 1e3 * per_student,
+                cpu_joint,
+                100 * (cpu_joint - 1) / k,
             ]
         )
     desc = {
@@ -107,6 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "one/k runs",
                 "one/full_ft",
                 "ms per student over full_ft",
+                "one/full_ft (cpu, paired)",
+                "% of a full-FT step per student (cpu)",
             ],
             rows,
         )
