@@ -33,10 +33,13 @@ from moil.approx import Adapter, LowRank, Transform
 from moil.approx.protocol import positive_int
 from moil.objectives import eckart_young
 from moil.solvers.closed_form import (
+    ALSRound,
+    alternate,
     check_als_adapter,
     check_low_rank_adapter,
     group_params,
     reduced_rank_regression,
+    tolerance_field,
 )
 
 __all__ = ["WhitenedALSFit", "WhitenedSVDFit", "whitening"]
@@ -118,23 +121,27 @@ class WhitenedSVDFit:
 class WhitenedALSFit:
     r""":class:`~moil.solvers.ALSFit` in the ``Σ``-norm, for input-side Transform / Hybrid.
 
-    Per sharing group (one input, one ``Σ = S S``), alternating for ``iterations`` rounds:
+    Per sharing group (one input, one ``Σ = S S``), at most ``iterations`` rounds of
 
     1. low-rank step (Hybrid), ``G = I + M``:
        ``N_t = argmin_{rank ≤ r} ‖(W̄_t − W0_t G) S − N (G S)‖_F`` (a reduced-rank regression);
     2. transform step: ``K = argmin_{rank ≤ r_t} ‖[(W̄_t − L_t) S]_t − [L_t]_t K‖_F``,
        ``M = K S⁺`` (``K``'s rows lie in ``S``'s range, so ``M S = K``).
 
-    Each step is exact, so ``Σ_t ‖(W̄_t − Ŵ_t) S‖_F²`` never increases; the first step
-    from ``M = 0`` is :class:`WhitenedSVDFit`'s optimum, so the fit is never worse.
+    Each step is exact; rounds are extrapolated, kept only if they lower the error
+    ``Σ_t ‖(W̄_t − Ŵ_t) S‖_F²`` and stop as :class:`~moil.solvers.ALSFit`'s do
+    (:func:`~moil.solvers.closed_form.alternate`), so the error never increases; the first
+    step from ``M = 0`` is :class:`WhitenedSVDFit`'s optimum, so the fit is never worse.
 
     Args:
       moments: ``{"<target>.weight": Σ}``, ``(in, in)``; one per sharing group suffices.
-      iterations: alternation rounds, an integer ≥ 1.
+      iterations: rounds at most, an integer ≥ 1.
+      tolerance: stop when a round lowers the error by at most this fraction, ≥ 0.
     """
 
     moments: Mapping[str, Tensor] = attrs.field(converter=dict)
     iterations: int = attrs.field(default=8, validator=positive_int)
+    tolerance: float = tolerance_field()
 
     def fit(self, adapter: Adapter, base: Tensors, target: Tensors, params: Tensors) -> dict[str, Tensor]:
         low, transform, groups = check_als_adapter(adapter, "WhitenedALSFit")
@@ -153,18 +160,18 @@ class WhitenedALSFit:
         view = views[members[0]]
         m = view["transform_up"].to(f64) @ view["transform_down"].to(f64)
         eye = torch.eye(m.shape[0], dtype=f64, device=m.device)
-        lows = w0 if low is None else [
-            w + low.scale * views[t]["lora_b"].to(f64) @ views[t]["lora_a"].to(f64) for t, w in zip(members, w0)
-        ]
-        ns: list[Tensor] = []
-        for _ in range(self.iterations):
+
+        def round_from(m: Tensor) -> ALSRound:
+            lows, ns = w0, []
             if low is not None:
                 g = eye + m
                 h = g @ s
                 ns = [reduced_rank_regression(h.T, ((t - w @ g) @ s).T, low.rank).T for t, w in zip(tw, w0)]
                 lows = [w + n for w, n in zip(w0, ns)]
-            gaps = torch.cat([(t - l) @ s for t, l in zip(tw, lows)])
-            m = reduced_rank_regression(torch.cat(lows), gaps, transform.rank) @ s_pinv
-            if low is None:
-                break  # nothing to alternate with: one regression is the optimum
-        return group_params(adapter, members, base, target, lows, ns, m, low, transform)
+            x, gaps = torch.cat(lows), torch.cat([(t - l) @ s for t, l in zip(tw, lows)])
+            k = reduced_rank_regression(x, gaps, transform.rank)
+            return ALSRound((gaps - x @ k).square().sum(), k @ s_pinv, lows, ns, None)
+
+        # Transform alone: one regression is the optimum.
+        best = alternate(round_from, m, 1 if low is None else self.iterations, self.tolerance)
+        return group_params(adapter, members, base, target, best.lows, best.ns, best.m, low, transform)
