@@ -43,6 +43,10 @@ def load_data(config: Config) -> Any:
         from moil.harness.pretrained import load_processor
 
         return load_disk_data(config, load_processor(config.model, config.data.columns.features))
+    if config.data.dataset == "digit-pairs":
+        from moil.harness.data.pairs import prepare_pair_data
+
+        return prepare_pair_data(config.data.split_seed, limit=config.data.limit or None)
     return prepare_demo_data(config.data.dataset, config.data.split_seed, limit=config.data.limit or None)
 
 
@@ -92,7 +96,7 @@ def build_backbone(config: Config, task: str, data: DemoData):
     # Newly initialised parameters other than the head (the visual projection) are
     # trained and stored by every arm: a frozen random projection would hide the image.
     extra = [n for n in new if not n.startswith("cls.")]
-    backbone = visualbert.build(model.eval().to(device_of(config)), mlp=config.model.mlp, trainable=extra)
+    backbone = visualbert.build(model.eval().to(device_of(config)), task=task, mlp=config.model.mlp, trainable=extra)
     check_ranks(config, backbone)
     return backbone
 
@@ -154,13 +158,13 @@ def build_recipe(arm: ArmSpec, task: str, lr: float, steps: int):
     if arm.recipe == "head":
         return HeadOnly(loss, opt)
     if arm.recipe == "full":
-        return FullFineTune(loss, opt, arm.head_lr_scale)
+        return FullFineTune(loss, opt, arm.head_scale(lr))
     if arm.recipe == "lora":
-        return LoRA(loss, build_approx(arm.approx, arm.rank, scale=arm.scale), opt, arm.head_lr_scale)
+        return LoRA(loss, build_approx(arm.approx, arm.rank, scale=arm.scale), opt, arm.head_scale(lr))
     if arm.recipe.startswith("peft-"):
         variant = arm.recipe.split("-", 1)[1]
         return PeftLowRank(loss, arm.rank, variant=variant, alpha=arm.scale * arm.rank, optimizer=opt,
-                           head_lr_scale=arm.head_lr_scale)
+                           head_lr_scale=arm.head_scale(lr))
     students = {}
     for s in arm.students:
         refit = {"none": None, "svd": SVDFit(), "als": ALSFit()}[s.refit]
@@ -174,4 +178,4 @@ def build_recipe(arm: ArmSpec, task: str, lr: float, steps: int):
             final_fit=s.final_fit,
         )
     return MoIL(loss, students, momentum=parse_momentum(arm.momentum, steps), optimizer=opt,
-                head_lr_scale=arm.head_lr_scale)
+                head_lr_scale=arm.head_scale(lr))

@@ -101,6 +101,7 @@ class ArmSpec:
         default=2e-4, validator=learning_rate(TASKS)
     )
     head_lr_scale: float = attrs.field(default=1.0, validator=finite_positive)
+    head_lr: float | None = attrs.field(default=None, validator=finite_positive)
     weight_decay: float = attrs.field(default=0.01, validator=finite_non_negative)
     warmup: float = attrs.field(default=0.1, validator=fraction)
     momentum: str | float = attrs.field(default="half-life:20", validator=momentum_spec)
@@ -118,6 +119,21 @@ class ArmSpec:
             )
         if len(set(names)) != len(names):
             raise FieldError(f"student names must be unique within an arm, got {names}", "students")
+        if self.head_lr is not None and self.recipe == "head":
+            raise FieldError(
+                f"head_lr = {self.head_lr!r} on recipe = 'head': a head-only arm trains only the heads, at lr; "
+                f"set lr = {self.head_lr!r} and remove head_lr", "head_lr",
+            )
+        if self.head_lr is not None and self.head_lr_scale != 1.0:
+            raise FieldError(
+                f"head_lr = {self.head_lr!r} and head_lr_scale = {self.head_lr_scale!r} both set the heads' "
+                "learning rate; keep one: head_lr (absolute, the same for every arm) or head_lr_scale (× lr)",
+                "head_lr",
+            )
+
+    def head_scale(self, lr: float) -> float:
+        """The heads' learning rate as a multiple of ``lr``: ``head_lr / lr``, else ``head_lr_scale``."""
+        return self.head_lr / lr if self.head_lr is not None else self.head_lr_scale
 
     def learning_rates(self, task: str) -> list[float]:
         """The learning rates this arm tries on ``task`` (one value: no sweep)."""
@@ -141,7 +157,7 @@ class ColumnsSpec:
 
 @attrs.frozen
 class DataSpec:
-    dataset: Literal["digits", "fashion"] = "digits"
+    dataset: Literal["digits", "fashion", "digit-pairs"] = "digits"
     train: str | None = None
     val: str | None = None
     test: str | None = None

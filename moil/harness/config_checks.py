@@ -216,6 +216,15 @@ def check_sources(config: Any) -> None:
             "data.train and model.pretrained must be set together: a pretrained folder reads data from "
             "disk (data.train = 'path'), the demo model reads the demo data (data.dataset)"
         )
-    for task, needs in (("retrieval", "a dual encoder (CLIP)"), ("nlvr2", "image pairs from disk (ViLT, VisualBERT)")):
-        if task in config.train.tasks and model.pretrained is None:
-            raise ValueError(f"train.tasks {task!r} must run on {needs}: set model.pretrained and data.train")
+    pairs = model.pretrained is None and data.dataset == "digit-pairs"
+    if pairs and (other := [t for t in config.train.tasks if t not in ("nlvr2", "vqa")]):
+        raise ValueError(f"train.tasks {other} do not run on data.dataset = 'digit-pairs' (statements and "
+                         "questions about two digits): use tasks 'nlvr2' and/or 'vqa', or data.dataset = 'digits'")
+    if pairs and "nlvr2" in config.train.tasks and data.batch_size % 2:
+        raise ValueError(f"data.batch_size = {data.batch_size} must be even for nlvr2 on data.dataset = 'digit-pairs' "
+                         f"(a true and a false statement per pair); use data.batch_size = {data.batch_size + 1}")
+    for task, needs in (("retrieval", "a dual encoder (CLIP)"),
+                        ("nlvr2", "image pairs: data.dataset = 'digit-pairs', or pairs from disk (ViLT, VisualBERT)")):
+        if task in config.train.tasks and model.pretrained is None and not (pairs and task == "nlvr2"):
+            raise ValueError(f"train.tasks {task!r} must run on {needs}: set model.pretrained and data.train"
+                             + (", or data.dataset = 'digit-pairs'" if task == "nlvr2" else ""))

@@ -16,7 +16,9 @@ __all__ = ["APPLIES", "HELP"]
 
 HELP: dict[str, dict[str, str]] = {
     "DataSpec": {
-        "dataset": "The demo data set: real MNIST digits or Fashion-MNIST, EfficientNet-Lite0 grid tokens.",
+        "dataset": "The demo data set: real MNIST `digits` or `fashion` (Fashion-MNIST), EfficientNet-Lite0 grid "
+                   "tokens; `digit-pairs`: pairs of those digits (tasks `nlvr2` and `vqa`: the sum, the larger, "
+                   "the number of odd digits..., hard one-word negatives; moil.harness.data.pairs).",
         "train": "Data from disk instead of the demo set: a `save_to_disk` folder, an image folder with "
                  "`metadata.jsonl`/`metadata.csv`, or a `.jsonl`/`.csv` of image paths (see docs/your-data.md).",
         "val": "The validation split, in the same forms as `train` (unset: no validation scores or lr sweeps).",
@@ -77,6 +79,8 @@ HELP: dict[str, dict[str, str]] = {
         "lr": "Learning rate: a number, a list (swept on val, the best used for every seed), or a table per "
               "task (`{itm = 3e-4, vqa = [1e-3, 3e-3]}`).",
         "head_lr_scale": "The task head's learning rate as a multiple of `lr`.",
+        "head_lr": "The heads' (and the new visual projection's) own learning rate, absolute: one value for "
+                   "every arm, whatever its `lr` (same warm-up and decay); instead of `head_lr_scale`.",
         "weight_decay": "AdamW weight decay (0 turns it off).",
         "warmup": "Learning-rate warm-up as a fraction of the run's steps, in [0, 1); then linear decay to 0.",
         "momentum": "How the momentum target follows the teacher: a number in [0, 1) or a schedule such as "
@@ -124,6 +128,7 @@ APPLIES: dict[str, dict[str, Rule]] = {
     },
     "ArmSpec": {
         "head_lr_scale": (lambda a: a.recipe != "head", "`recipe` is not `head`"),
+        "head_lr": (lambda a: a.recipe != "head", "`recipe` is not `head`"),
         "momentum": (_is_moil, "`recipe = 'moil'`"),
         "students": (_is_moil, "`recipe = 'moil'`"),
         "approx": (lambda a: a.recipe == "lora", "`recipe = 'lora'`"),
