@@ -129,8 +129,10 @@ def train(
     if plan == "done":
         console.print(f"{out} already finished its {steps} steps; nothing to do (--overwrite trains it again).")
         return print_run(_read_json(out / "results.json"))
-    try:
-        with progress_reporter() as reporter:
+    from moil.harness.workers import intra_op_threads
+
+    try:  # train.threads applies here as in `moil ablate` (0: torch's default)
+        with progress_reporter() as reporter, intra_op_threads(cfg.train.threads):
             result = run_one(cfg, spec, task, seed, lr, backbone, data, out, resume=resume, overwrite=overwrite,
                              keep_checkpoint=True, steps=steps, made_by="moil train",
                              before_training=lambda: _write_config(out, cfg),
