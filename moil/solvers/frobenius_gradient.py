@@ -71,10 +71,15 @@ def frobenius_gradient(
         return None
     grads: dict[str, Tensor] = {}
     loss, distance = [], []
+    shared: dict[tuple[int, ...], dict[str, Tensor]] = {}
     for t in adapter.targets:
         w0, b0 = base[f"{t}.weight"], base.get(f"{t}.bias")
         tb = target.get(f"{t}.bias")
-        g, sq_w, sq_b = _one_target(approx, views[t], w0, b0, target[f"{t}.weight"].detach(), tb, weight)
+        # Terms of the input side alone (A and the transform) once per sharing group (q/k/v).
+        key = tuple(id(views[t][n]) for n in _INPUT_SIDE if n in views[t])
+        if key not in shared:
+            shared[key] = _input_terms(approx, views[t])
+        g, sq_w, sq_b = _one_target(approx, views[t], shared[key], w0, b0, target[f"{t}.weight"].detach(), tb, weight)
         for name, value in g.items():
             key = adapter.key(t, name)
             grads[key] = grads[key] + value if key in grads else value
@@ -96,27 +101,44 @@ def _same_keys(adapter, approx, base, target) -> bool:
     return want == set(target)
 
 
-def _one_target(approx, p, w0, b0, tw, tb, weight):
+_INPUT_SIDE = ("lora_a", "transform_down", "transform_down_bias", "transform_up", "transform_up_bias")
+
+
+def _input_terms(approx, p) -> dict[str, Tensor]:
+    """``Q = [A; D]``, ``Q Qᵀ``, ``A U``, ``shift = U a + c`` and ``A·shift``: what depends
+    on the input side only, so members of a sharing group reuse it."""
+    low = isinstance(approx, (LowRank, Hybrid))
+    tf = isinstance(approx, (Transform, Hybrid))
+    factors = ([p["lora_a"]] if low else []) + ([p["transform_down"]] if tf else [])
+    qm = torch.cat(factors, 0) if len(factors) > 1 else factors[0]
+    out = {"qm": qm, "qq": qm @ qm.T}
+    if tf:
+        out["shift"] = torch.addmv(p["transform_up_bias"], p["transform_up"], p["transform_down_bias"])
+        if low:
+            out["au"] = p["lora_a"] @ p["transform_up"]  # (r, r_t)
+            out["a_shift"] = p["lora_a"] @ out["shift"]
+    return out
+
+
+def _one_target(approx, p, shared, w0, b0, tw, tb, weight):
     low = isinstance(approx, (LowRank, Hybrid))
     tf = isinstance(approx, (Transform, Hybrid))
     s = approx.scale if low else 1.0
     gw = -2.0 * weight(w0.numel())
     delta = tw - w0
+    qm, qq = shared["qm"], shared["qq"]
     if low:
         a_, b_ = p["lora_a"], p["lora_b"]
         r = a_.shape[0]
     if tf:
-        d_, a, u, c = p["transform_down"], p["transform_down_bias"], p["transform_up"], p["transform_up_bias"]
+        a, u = p["transform_down_bias"], p["transform_up"]
         lu = w0 @ u
         if low:
-            au = a_ @ u  # (r, r_t)
+            au = shared["au"]
             lu = torch.addmm(lu, b_, au, alpha=s)
-    factors_p = ([b_ * s] if low else []) + ([lu] if tf else [])
-    factors_q = ([a_] if low else []) + ([d_] if tf else [])
+    factors_p = ([b_ if s == 1.0 else b_ * s] if low else []) + ([lu] if tf else [])
     pm = torch.cat(factors_p, 1) if len(factors_p) > 1 else factors_p[0]
-    qm = torch.cat(factors_q, 0) if len(factors_q) > 1 else factors_q[0]
     pt_delta = pm.T @ delta
-    qq = qm @ qm.T
     ptp = pm.T @ pm
     flat = delta.reshape(-1)
     sq_w = (torch.dot(flat, flat) - 2 * (pt_delta * qm).sum() + (ptp * qq).sum()).clamp_min(0)
@@ -125,10 +147,10 @@ def _one_target(approx, p, w0, b0, tw, tb, weight):
     grads: dict[str, Tensor] = {}
     # The bias: LowRank leaves b̂ = b0 (a constant term); the transform shifts it.
     if tf:
-        shift = torch.addmv(c, u, a)
+        shift = shared["shift"]
         l_shift = w0 @ shift
         if low:
-            a_shift = a_ @ shift
+            a_shift = shared["a_shift"]
             l_shift = torch.addmv(l_shift, b_, a_shift, alpha=s)
         eb = tb - (l_shift if b0 is None else l_shift + b0)
         gb = -2.0 * weight(tb.numel()) * eb
