@@ -25,6 +25,7 @@ from moil.momentum import MomentumState, MomentumTarget
 from moil.optim import AdamState, AdamW
 from moil.recipes.student import Student, student_seed
 from moil.recipes.task_step import check_all_finite
+from moil.subnormals import flush_subnormals
 
 __all__ = ["Follower", "Imitation", "ImitationState"]
 
@@ -139,8 +140,9 @@ class Imitation:
         if self.keys is not None:
             teacher = {k: v for k, v in teacher.items() if k in self.keys}
         metrics = {f"momentum/{m}": mt.momentum(state.targets[m]) for m, mt in self.momenta.items()}
-        targets = {m: mt.update(state.targets[m], teacher) for m, mt in self.momenta.items()}
-        state, followed = self.follow(state._replace(targets=targets), {m: t.target for m, t in targets.items()}, base)
+        with flush_subnormals():
+            targets = {m: mt.update(state.targets[m], teacher) for m, mt in self.momenta.items()}
+            state, followed = self.follow(state._replace(targets=targets), {m: t.target for m, t in targets.items()}, base)
         return state, {**metrics, **followed}
 
     def follow(
@@ -153,7 +155,8 @@ class Imitation:
         """
         students, opts, raw = {}, {}, {}
         for name, f in self.followers.items():
-            params, opt, m = f.follow(state.students[name], state.student_opts[name], base, targets[f.target], state.step)
+            with flush_subnormals():  # tiny imitation gradients: see moil.subnormals
+                params, opt, m = f.follow(state.students[name], state.student_opts[name], base, targets[f.target], state.step)
             raw.update({f"student {name!r} {key}": (f"{key}/{name}", value) for key, value in m.items()})
             students[name], opts[name] = params, opt
         read = check_all_finite({what: value for what, (_, value) in raw.items()}, state.step)
