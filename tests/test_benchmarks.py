@@ -16,7 +16,7 @@ import torch
 pytest.importorskip("peft")
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ("step_cost", "many_students", "inference", "imitation_quality")
+SCRIPTS = ("step_cost", "many_students", "inference", "imitation_quality", "fit_cost")
 TINY = ["--size", "tiny", "--steps", "2", "--device", "cpu", "--threads", "1"]
 
 
@@ -109,6 +109,19 @@ def test_imitation_quality_respects_the_eckart_young_floor(run):
     assert written["distances"]["hybrid/als_fit"] < written["delta_norm"]
 
 
+@pytest.mark.slow
+def test_fit_cost_times_both_fits_at_their_floors(run):
+    """SVDFit meets the Eckart–Young floor at r_eq; ALSFit's Hybrid(r) is within the rank-r
+    floor (Hybrid ⊇ LowRank at the same r); both timed, wall and CPU seconds > 0."""
+    _, written, printed = run("fit_cost")
+    assert written["ratios"]["svd_fit/ey_floor"] == pytest.approx(1.0, rel=1e-6)
+    assert written["distances"]["als_fit"] <= written["ey_floor_hybrid_rank"] * (1 + 1e-9)
+    assert set(written["seconds"]) == {"svd_fit", "als_fit"}
+    for arm, t in written["seconds"].items():
+        assert all(math.isfinite(t[k]) and t[k] > 0 for k in ("median", "min", "cpu_median")), arm
+    assert "ALSFit(" in printed
+
+
 def test_observer_overhead_times_every_arm(tmp_path):
     """The Trainer and plain-loop arms, with and without the observer, are all timed, and
     the with ÷ without ratios are the ratios of the printed medians (tiny, 1 round)."""
@@ -135,3 +148,34 @@ def test_observer_overhead_times_every_arm(tmp_path):
         ratio = times[with_]["median"] / times[without]["median"]
         assert written["ratios"][f"{with_}/{without}"] == pytest.approx(ratio)
     assert "observer_overhead" in printed.getvalue() and "----" in printed.getvalue()
+
+
+def test_scaling_times_every_arm_and_k(tmp_path, capsys):
+    """Every arm of ``scaling.py`` (full FT, LoRA, MoIL with k = 1, 2, 4, 8 students) gets
+    a positive finite wall and CPU time, paired ratio and per-student slope; a memory child
+    (run in-process here) reports a positive peak (tiny, 1 round × 1 step)."""
+    scaling, threads, path = _load("scaling"), torch.get_num_threads(), tmp_path / "scaling.json"
+    tiny = ["--sizes", "tiny", "--steps", "1", "--rounds", "1", "--device", "cpu", "--threads", "1"]
+    try:
+        result = scaling.main([*tiny, "--no-memory", "--json", str(path)])
+        printed = capsys.readouterr().out
+        scaling.main([*tiny, "--memory-arm", "moil_2", "--memory-steps", "1"])
+        child = capsys.readouterr().out
+    finally:
+        torch.set_num_threads(threads)
+    written = json.loads(path.read_text())
+    assert written["results"]["tiny"]["ratios"] == pytest.approx(result["results"]["tiny"]["ratios"])
+    tiny_result = written["results"]["tiny"]
+    arms = {"full_ft", "lora", "moil_1", "moil_2", "moil_4", "moil_8"}
+    assert set(tiny_result["seconds_per_step"]) == arms
+    for arm, t in tiny_result["seconds_per_step"].items():
+        for key in ("median", "cpu_median"):
+            assert math.isfinite(t[key]) and t[key] > 0, (arm, key, t[key])
+        assert arm in printed
+    _check_ratios(tiny_result["ratios"])
+    assert tiny_result["ratios"]["full_ft/full_ft"] == 1.0
+    assert math.isfinite(tiny_result["per_student"]["cpu_ms"])
+    assert tiny_result["tokens"] == tiny_result["batch"] * tiny_result["sequence"] > 0
+    assert "----" in printed and "growth in words" in printed and len(written["growth_words"]) == 3
+    mark = [ln for ln in child.splitlines() if ln.startswith("@@MEMORY@@")]
+    assert len(mark) == 1 and json.loads(mark[0][len("@@MEMORY@@") :])["peak_bytes"] > 0
