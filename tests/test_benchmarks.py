@@ -8,6 +8,8 @@ import importlib.util
 import io
 import json
 import math
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -179,3 +181,21 @@ def test_scaling_times_every_arm_and_k(tmp_path, capsys):
     assert "----" in printed and "growth in words" in printed and len(written["growth_words"]) == 3
     mark = [ln for ln in child.splitlines() if ln.startswith("@@MEMORY@@")]
     assert len(mark) == 1 and json.loads(mark[0][len("@@MEMORY@@") :])["peak_bytes"] > 0
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run_passes_on_cpu(tmp_path):
+    """``gpu.sh --dry-run`` runs every benchmark and training step of the GPU script on the
+    CPU at --size tiny; every step exits 0 (the script's exit code counts failed steps)."""
+    done = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu.sh"), "--dry-run"],
+        env={**os.environ, "OUT": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    log = (tmp_path / "gpu.log").read_text()
+    assert "failed steps: 0" in log
+    for step in ("step-cost", "many-students", "inference", "imitation-quality", "observer-overhead", "train-cpu-bf16"):
+        assert f"=== {step}: exit 0" in log, step
