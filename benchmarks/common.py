@@ -188,6 +188,30 @@ def equal_size_rank(backbone: Backbone, approx: Any) -> int:
     return max(1, min(limit, round(stored_params(backbone, approx) / per_rank)))
 
 
+def weight_distance(target: dict[str, Tensor], merged: dict[str, Tensor]) -> float:
+    """``sqrt(Σ_t ‖T_t − Ŵ_t‖_F²)`` over the targets' weights (float64)."""
+    return math.sqrt(
+        sum(
+            float((target[k].double() - merged[k].double()).square().sum())
+            for k in target
+            if k.endswith(".weight")
+        )
+    )
+
+
+def ey_floor(base: dict[str, Tensor], target: dict[str, Tensor], rank: int) -> float:
+    """``sqrt(Σ_t EY_t(rank)²)``: the best any rank-``rank`` additive student can do."""
+    from moil.objectives import best_low_rank
+
+    return math.sqrt(
+        sum(
+            float(best_low_rank(target[k].double() - base[k].double(), rank).error) ** 2
+            for k in base
+            if k.endswith(".weight")
+        )
+    )
+
+
 # -- PEFT -----------------------------------------------------------------------
 def head_modules(backbone: Backbone) -> list[str]:
     """Module paths that own the backbone's head parameters (for ``modules_to_save``)."""

@@ -30,7 +30,6 @@ Usage: ``python benchmarks/fit_cost.py --size vilt-b32 [--steps N] [--json PATH]
 
 from __future__ import annotations
 
-import math
 import os
 import statistics
 import sys
@@ -42,7 +41,6 @@ import common
 import torch
 
 from moil.approx import Hybrid, LowRank
-from moil.objectives import best_low_rank
 from moil.solvers import ALSFit, SVDFit
 
 DECAY = 8.0  # σ_i = 1 / (1 + i / DECAY)
@@ -78,28 +76,6 @@ def make_target(base: dict, seed: int) -> dict:
     return out
 
 
-def weight_distance(target: dict, merged: dict) -> float:
-    """``sqrt(Σ_t ‖W̄_t − Ŵ_t‖_F²)`` over the weights (float64)."""
-    return math.sqrt(
-        sum(
-            float((target[k].double() - merged[k].double()).square().sum())
-            for k in target
-            if k.endswith(".weight")
-        )
-    )
-
-
-def ey_floor(base: dict, target: dict, rank: int) -> float:
-    """``sqrt(Σ_t EY_t(rank)²)``: the best any rank-``rank`` additive student can do."""
-    return math.sqrt(
-        sum(
-            float(best_low_rank(target[k].double() - base[k].double(), rank).error) ** 2
-            for k in base
-            if k.endswith(".weight")
-        )
-    )
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = common.parser(__doc__.splitlines()[0], steps_help="timed fits per solver (default 1)")
     p.add_argument("--als-iterations", type=int, default=None, help="ALSFit(iterations=...)")
@@ -132,10 +108,10 @@ def main(argv: list[str] | None = None) -> dict:
             "median": statistics.median(runs), "min": min(runs), "max": max(runs),
             "cpu_median": statistics.median(cpu),
         }
-        distances[name] = weight_distance(target, adapter.merge(fitted[name], base))
+        distances[name] = common.weight_distance(target, adapter.merge(fitted[name], base))
 
-    floor, floor_r = ey_floor(base, target, r_eq), ey_floor(base, target, r)
-    delta = weight_distance(target, base)
+    floor, floor_r = common.ey_floor(base, target, r_eq), common.ey_floor(base, target, r)
+    delta = common.weight_distance(target, base)
     ratios = {f"{n}/ey_floor": d / floor for n, d in distances.items()}
     rows = [["zero student (W0)", "-", "-", "-", "-", delta, delta / floor]]
     for name, (solver, adapter) in arms.items():

@@ -21,7 +21,6 @@ Usage: ``python benchmarks/imitation_quality.py --size demo [--steps N] [--k K] 
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -32,7 +31,6 @@ import common
 
 from moil.approx import Hybrid, LowRank
 from moil.momentum import HalfLife
-from moil.objectives import best_low_rank
 from moil.schedules import WarmupLinearDecay
 from moil.recipes import MoIL, Student, default_optimizer
 from moil.solvers import ALSFit, Gradient, SVDFit
@@ -42,28 +40,6 @@ DEFAULT_STEPS = {"tiny": 20, "demo": 40, "vilt-b32": 8}
 
 def _key(name: str) -> str:
     return name.replace("/", "_")  # MoIL student names may not contain "/"
-
-
-def weight_distance(target: dict, merged: dict) -> float:
-    """``sqrt(Σ_t ‖T_t − Ŵ_t‖_F²)`` over the targets' weights (float64)."""
-    return math.sqrt(
-        sum(
-            float((target[k].double() - merged[k].double()).square().sum())
-            for k in target
-            if k.endswith(".weight")
-        )
-    )
-
-
-def ey_floor(base: dict, target: dict, rank: int) -> float:
-    """``sqrt(Σ_t EY_t(rank)²)``: the best any rank-``rank`` additive student can do."""
-    return math.sqrt(
-        sum(
-            float(best_low_rank(target[k].double() - base[k].double(), rank).error) ** 2
-            for k in base
-            if k.endswith(".weight")
-        )
-    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -128,15 +104,15 @@ def main(argv: list[str] | None = None) -> dict:
         common.sync(setup.device)
         fit_seconds[name] = time.perf_counter() - start
 
-    floor = ey_floor(base, target, r_eq)
-    floor_r = ey_floor(base, target, r)
-    delta = weight_distance(target, base)
+    floor = common.ey_floor(base, target, r_eq)
+    floor_r = common.ey_floor(base, target, r)
+    delta = common.weight_distance(target, base)
     rows, ratios, distances = [["zero student (W0)", "-", delta, delta / floor, 1.0, "-"]], {}, {}
     order = [n for n in pool if n.startswith("hybrid")] + ["hybrid/als_fit"]
     order += [n for n in pool if n.startswith("lowrank")] + ["lowrank/svd_fit"]
     for name in order:
         adapter, params = students[name]
-        d = weight_distance(target, adapter.merge(params, base))
+        d = common.weight_distance(target, adapter.merge(params, base))
         distances[name], ratios[f"{name}/ey_floor"] = d, d / floor
         rows.append(
             [
