@@ -140,9 +140,9 @@ class Imitation:
         if self.keys is not None:
             teacher = {k: v for k, v in teacher.items() if k in self.keys}
         metrics = {f"momentum/{m}": mt.momentum(state.targets[m]) for m, mt in self.momenta.items()}
-        with flush_subnormals():
+        with flush_subnormals():  # follow flushes each student's update itself
             targets = {m: mt.update(state.targets[m], teacher) for m, mt in self.momenta.items()}
-            state, followed = self.follow(state._replace(targets=targets), {m: t.target for m, t in targets.items()}, base)
+        state, followed = self.follow(state._replace(targets=targets), {m: t.target for m, t in targets.items()}, base)
         return state, {**metrics, **followed}
 
     def follow(
