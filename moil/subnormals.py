@@ -3,9 +3,9 @@
 The imitation step multiplies tiny numbers. Early in a run the target has barely moved
 from ``W0``, and the mean imitation loss weighs each entry by ``1/(out·in)``. The AdamW
 second moments ``v ← β₂v + (1−β₂)g²`` of such gradients fall below fp32's smallest normal
-(≈1.2e-38), and x86 CPUs compute on subnormal numbers tens of times slower. A
-random-init ViLT-B/32 run measured a Hybrid(96) student's step at about 3× its cost with
-flushing (``benchmarks/README.md``, "How cost grows"). Flushing changes nothing that
+(≈1.2e-38), and x86 CPUs compute on subnormal numbers tens of times slower: on a
+random-init ViLT-B/32 a Hybrid(96) student's update took 2.5× as long unflushed
+(``benchmarks/imitation_update.py``). Flushing changes nothing that
 matters: a subnormal ``v`` adds at most ≈1e-19 to ``√v + ε`` with ``ε = 1e-8``.
 
 ``torch.set_flush_denormal`` sets the calling thread's mode and has no getter, so the

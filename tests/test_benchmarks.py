@@ -189,6 +189,7 @@ def test_gpu_script_dry_run_passes_on_cpu(tmp_path):
     CPU at --size tiny; every step exits 0 (the script's exit code counts failed steps)."""
     done = subprocess.run(
         ["bash", str(BENCHMARKS / "gpu.sh"), "--dry-run"],
+        check=False,
         env={**os.environ, "OUT": str(tmp_path)},
         capture_output=True,
         text=True,
@@ -199,3 +200,21 @@ def test_gpu_script_dry_run_passes_on_cpu(tmp_path):
     assert "failed steps: 0" in log
     for step in ("step-cost", "many-students", "inference", "imitation-quality", "observer-overhead", "train-cpu-bf16"):
         assert f"=== {step}: exit 0" in log, step
+
+
+@pytest.mark.slow
+def test_imitation_update_times_the_update_in_every_moil_arm(run):
+    """Every MoIL arm (closed form / autograd × flushed / not) records its in-step
+    ``Imitation.update`` time, and the patched update and flush are restored afterwards."""
+    from moil.recipes import imitation as imitation_module
+    from moil.subnormals import flush_subnormals
+
+    _, written, printed = run("imitation_update")
+    moil_arms = {"moil", "no_flush", "autograd", "autograd_no_flush"}
+    assert set(written["imitation_update_ms"]) == moil_arms
+    assert set(written["seconds_per_step"]) == moil_arms | {"full_ft"}
+    for name, ms in written["imitation_update_ms"].items():
+        assert math.isfinite(ms) and ms > 0, name
+    assert imitation_module.flush_subnormals is flush_subnormals
+    assert imitation_module.Imitation.update.__name__ == "update"
+    assert "imitation_update" in printed and "----" in printed

@@ -1,0 +1,115 @@
+"""The imitation update inside real MoIL steps: closed-form gradient and subnormal flushing on/off.
+
+Four MoIL arms with one ``Hybrid(r)`` student, ``Gradient(1)``, ``HalfLife(100)`` and
+the same teacher optimiser, plus ``full_ft`` for scale, timed side by side round-robin in one
+process (``common.interleaved``):
+
+* ``moil`` — as the library runs it: closed-form imitation gradient, subnormals flushed;
+* ``no_flush`` — the same with ``moil.subnormals.flush_subnormals`` replaced by a no-op;
+* ``autograd`` — the gradient through autograd instead (the solver's loss is a wrapper of
+  ``imitation_loss``, which has no closed form), subnormals flushed;
+* ``autograd_no_flush`` — both off: the imitation step as it was before either change.
+
+Reported per arm: the step's CPU ms, and the CPU ms of ``Imitation.update`` (EMA + the
+student's step) measured in place inside those steps, so caches are as cold as in training.
+
+Usage: ``python benchmarks/imitation_update.py --size vilt-b32 --threads 1 [--rounds N]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common
+
+from moil.approx import Hybrid
+from moil.momentum import HalfLife
+from moil.objectives import imitation_loss
+from moil.recipes import FullFineTune, MoIL, default_optimizer
+from moil.recipes import imitation as imitation_module
+from moil.solvers import Gradient
+
+ARMS = ("moil", "no_flush", "autograd", "autograd_no_flush", "full_ft")
+DEFAULTS = {"tiny": (3, 3), "demo": (2, 5), "vilt-b32": (1, 3), "vilt-l": (1, 1)}
+
+
+def _autograd_loss(student, target):
+    return imitation_loss(student, target)  # not `imitation_loss` itself: no closed form
+
+
+def make_arms(setup: common.Setup) -> dict:
+    """``({arm: step()}, {arm: [in-step Imitation.update CPU seconds]})``."""
+    opt = default_optimizer(total_steps=100_000)
+    flush = imitation_module.flush_subnormals
+    record: dict[str, list[float]] = {}
+    update = imitation_module.Imitation.update
+
+    def timed(name, flushes, solver):
+        recipe = MoIL(setup.task_loss, Hybrid(setup.rank), momentum=HalfLife(100), optimizer=opt, solver=solver)
+        step = common.recipe_step(recipe, setup)
+
+        def run() -> None:
+            def measured(self, *args, **kwargs):
+                start = time.process_time()
+                out = update(self, *args, **kwargs)
+                record.setdefault(name, []).append(time.process_time() - start)
+                return out
+
+            imitation_module.Imitation.update = measured
+            imitation_module.flush_subnormals = flush if flushes else contextlib.nullcontext
+            try:
+                step()
+            finally:
+                imitation_module.Imitation.update = update
+                imitation_module.flush_subnormals = flush
+
+        return run
+
+    arms = {
+        "moil": timed("moil", True, Gradient()),
+        "no_flush": timed("no_flush", False, Gradient()),
+        "autograd": timed("autograd", True, Gradient(loss=_autograd_loss)),
+        "autograd_no_flush": timed("autograd_no_flush", False, Gradient(loss=_autograd_loss)),
+        "full_ft": common.recipe_step(FullFineTune(setup.task_loss, optimizer=opt), setup),
+    }
+    return arms, record
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = common.parser(__doc__.splitlines()[0], steps_help="timed steps per arm per round")
+    p.add_argument("--rounds", type=int, default=None)
+    args = common.parse(p, argv)
+    setup = common.build(args.size, args.device, args.seed)
+    steps, rounds = DEFAULTS[args.size]
+    steps, rounds = args.steps or steps, args.rounds or rounds
+    arms, record = make_arms(setup)
+    times = common.interleaved(arms, rounds=rounds, steps=steps, warmup=1, device=setup.device)
+    update_ms = {n: 1e3 * statistics.median(v[1:] or v) for n, v in record.items()}  # drop the warm-up
+    rows = []
+    for name in ARMS:
+        ms = update_ms.get(name, float("nan"))
+        rows.append([
+            name,
+            1e3 * times[name]["cpu_median"],
+            common.paired_ratio(times, name, "full_ft", cpu=True),
+            ms,
+            ms / update_ms["moil"] if name in update_ms else float("nan"),
+        ])
+    print(
+        f"imitation_update — {setup.description}; Hybrid({setup.rank}) student, Gradient(1); "
+        f"{rounds} rounds × {steps} steps; CPU time"
+    )
+    print(common.table(["arm", "step cpu ms", "× full_ft (paired)", "Imitation.update cpu ms", "÷ moil's"], rows))
+    return common.report(
+        args, setup, {"steps": steps, "rounds": rounds, "seconds_per_step": times, "imitation_update_ms": update_ms}
+    )
+
+
+if __name__ == "__main__":
+    main()
