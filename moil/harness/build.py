@@ -8,6 +8,7 @@ schedule ``step -> m``, a recipe); nothing here trains or evaluates.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -86,15 +87,22 @@ def build_backbone(config: Config, task: str, data: DemoData):
         return backbone
     dim = data.train.visual_embeds.shape[-1]
     answers = len(data.task.answer_vocab)
-    if config.model.family == "minilm-efficientnet":
+    if config.model.family == "minilm-efficientnet" and config.model.prealign.steps:
+        from moil.harness.prealign import prealigned_model
+
+        model, new, aligned = prealigned_model(config.model.prealign, task, answers if task == "vqa" else None,
+                                               split_seed=config.data.split_seed, limit=config.data.limit)
+        print(f"moil: {task} starts from the pre-aligned model (model.prealign, {config.model.prealign.steps} steps, "
+              f"cached): validation ITM accuracy {aligned['val_itm_accuracy']:.4f}", file=sys.stderr)
+    elif config.model.family == "minilm-efficientnet":
         from moil.harness.data.text import minilm_path
 
         model, new = visualbert.from_bert(minilm_path(), dim, task=task, num_answers=answers if task == "vqa" else None)
     else:
         model = visualbert.tiny(task, visual_embedding_dim=dim, num_answers=answers, vocab_size=30522, max_position_embeddings=64)
         new = [n for n, _ in model.named_parameters() if ".visual_projection." in n]
-    # Newly initialised parameters other than the head (the visual projection) are
-    # trained and stored by every arm: a frozen random projection would hide the image.
+    # Newly initialised parameters other than the head (the visual projection, unless
+    # pre-aligned) are trained and stored by every arm: a frozen random projection would hide the image.
     extra = [n for n in new if not n.startswith("cls.")]
     backbone = visualbert.build(model.eval().to(device_of(config)), task=task, mlp=config.model.mlp, trainable=extra)
     check_ranks(config, backbone)

@@ -170,6 +170,17 @@ class DataSpec:
 
 
 @attrs.frozen
+class PrealignSpec:
+    """The shared pre-alignment stage of the digit-pairs benchmark (:mod:`moil.harness.prealign`)."""
+
+    steps: int = attrs.field(default=0, validator=non_negative_int)
+    lr: float = attrs.field(default=1e-4, validator=positive)
+    new_lr: float = attrs.field(default=1e-3, validator=positive)
+    batch_size: int = attrs.field(default=64, validator=positive)
+    seed: int = 0
+
+
+@attrs.frozen
 class ModelSpec:
     family: Literal["minilm-efficientnet", "tiny", "auto", "vilt", "clip", "bridgetower", "visualbert",
                     "generic"] = "minilm-efficientnet"
@@ -179,6 +190,7 @@ class ModelSpec:
     heads: list[str] = attrs.field(factory=list)
     model_class: str | None = None
     outputs: dict[str, str] = attrs.field(factory=dict)
+    prealign: PrealignSpec = attrs.field(factory=PrealignSpec)
 
     def __attrs_post_init__(self) -> None:
         model_fields(self)

@@ -217,6 +217,13 @@ def check_sources(config: Any) -> None:
             "disk (data.train = 'path'), the demo model reads the demo data (data.dataset)"
         )
     pairs = model.pretrained is None and data.dataset == "digit-pairs"
+    if model.prealign.steps and not (pairs and model.family == "minilm-efficientnet"):
+        raise ValueError(
+            f"model.prealign.steps = {model.prealign.steps}: pre-alignment (image–text matching of single digits) "
+            f"builds the start of the digit-pairs benchmark, but this config has data.dataset = {data.dataset!r}, "
+            f"model.family = {model.family!r}; set data.dataset = 'digit-pairs' with family = 'minilm-efficientnet', "
+            "or model.prealign.steps = 0 (your own pretrained model is already aligned)"
+        )
     if pairs and (other := [t for t in config.train.tasks if t not in ("nlvr2", "vqa")]):
         raise ValueError(f"train.tasks {other} do not run on data.dataset = 'digit-pairs' (statements and "
                          "questions about two digits): use tasks 'nlvr2' and/or 'vqa', or data.dataset = 'digits'")

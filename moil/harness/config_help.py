@@ -56,6 +56,15 @@ HELP: dict[str, dict[str, str]] = {
         "heads": "More parameters trained and stored with the task head (names or module paths).",
         "model_class": "The transformers class to load the folder with (`BlipForImageTextRetrieval`).",
         "outputs": "moil output key → the model output's field (`{itm_logits = \"itm_score\"}`).",
+        "prealign": "A shared, cached pre-alignment stage every arm starts from (digit-pairs only).",
+    },
+    "PrealignSpec": {
+        "steps": "Steps of image–text matching on single training digits before any arm (0 = none: every arm "
+                 "then trains the new visual projection with its heads); the aligned model is cached by content.",
+        "lr": "Pre-alignment learning rate of the pretrained transformer (word embeddings stay frozen).",
+        "new_lr": "Pre-alignment learning rate of the new visual projection and the matching head.",
+        "batch_size": "Pre-alignment batch size (half as many images, each with a matching and a wrong-digit caption).",
+        "seed": "Seed of the pre-alignment's new weights and batch order (one stage shared by every run).",
     },
     "TrainSpec": {
         "steps": "Optimiser steps of each run (when `data.epochs` is 0).",
