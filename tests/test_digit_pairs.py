@@ -188,3 +188,29 @@ def test_head_lr_gives_every_arm_the_same_absolute_head_rate():
             assert arm.head_scale(lr) * lr == pytest.approx(3e-3, rel=1e-12)
             assert build_recipe(arm, "vqa", lr, 10).head_lr_scale == pytest.approx(3e-3 / lr, rel=1e-12)
     assert parse_config(_config()).arms[1].head_scale(1e-3) == 1.0
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), task=st.sampled_from(["nlvr2", "vqa"]))
+def test_family_scores_average_back_to_the_split_score(seed, task, tok):
+    """Law: each family's score is the task metric on that family's rows only, so their mean
+    weighted by row counts equals the whole split's score (any logits)."""
+    from moil.harness.data.pairs import PairData, PairTaskText
+    from moil.harness.scoring import METRICS, PRIMARY_METRIC, family_metrics
+
+    part = make_split(tok, "val")
+    data = PairData("digit-pairs", PairTaskText(), part, part, part)
+    batches = list(getattr(part, f"{task}_batches")(batch_size=10, generator=seed))
+    batch = {k: torch.cat([b[k] for b in batches]) for k in batches[0] if k not in ("input_ids", "attention_mask", "token_type_ids")}
+    n = next(iter(batch.values())).shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    out = {"pair_logits": torch.randn(n, 2, generator=gen)} if task == "nlvr2" else \
+        {"vqa_logits": torch.randn(n, len(NUMBER_WORDS), generator=gen)}
+    fams = family_metrics(data, task)
+    key = "pair_family" if task == "nlvr2" else "question_family"
+    names = [f.name for f in (STATEMENTS if task == "nlvr2" else QUESTIONS)]
+    assert list(fams) == [f"{PRIMARY_METRIC[task]}/{name}" for name in names]
+    counts = torch.bincount(batch[key], minlength=len(names)).double()
+    weighted = sum(float(fn(out, batch)) * counts[i] for i, fn in enumerate(fams.values())) / counts.sum()
+    whole = float(METRICS[task][PRIMARY_METRIC[task]](out, batch))
+    assert weighted == pytest.approx(whole, abs=1e-6)

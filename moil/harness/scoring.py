@@ -18,7 +18,7 @@ from moil.harness.config import Config
 from moil.objectives import itm_accuracy, recall_at_k, vqa_score
 from moil.train import evaluate
 
-__all__ = ["METRICS", "PRIMARY_METRIC", "score"]
+__all__ = ["METRICS", "PRIMARY_METRIC", "family_metrics", "score"]
 
 PRIMARY_METRIC = {"itm": "accuracy", "vqa": "vqa_score", "retrieval": "mean_recall", "nlvr2": "accuracy"}
 RECALL_AT = (1, 5, 10)
@@ -52,6 +52,26 @@ METRICS = {
 }
 
 
+def _on_family(metric, key: str, index: int):
+    def fn(o: dict, b: dict) -> float:
+        rows = b[key] == index
+        return metric({k: v[rows] for k, v in o.items() if v.ndim}, {k: v[rows] for k, v in b.items()})
+
+    return fn
+
+
+def family_metrics(data: Any, task: str) -> dict[str, Any]:
+    """The primary metric on each relation family's rows (digit-pairs: ``accuracy/sum``,
+    ``vqa_score/larger``…), to read which relations an arm learned; ``{}`` for other data."""
+    from moil.harness.data.pairs import PairData
+
+    if not isinstance(data, PairData) or task not in ("nlvr2", "vqa"):
+        return {}
+    families, key = (data.task.statements, "pair_family") if task == "nlvr2" else (data.task.questions, "question_family")
+    name = PRIMARY_METRIC[task]
+    return {f"{name}/{fam.name}": _on_family(METRICS[task][name], key, i) for i, fam in enumerate(families)}
+
+
 def score(
     recipe: Any,
     state: Any,
@@ -68,8 +88,9 @@ def score(
     device = device_of(config)
     size = config.data.eval_batch_size
     batches = {split: eval_batches(data, split, task, size, device) for split in splits}
+    metrics = METRICS[task] | family_metrics(data, task)
     return {
-        name: {split: evaluate(backbone, params, batches[split], METRICS[task]) for split in splits}
+        name: {split: evaluate(backbone, params, batches[split], metrics) for split in splits}
         | {"stored_parameters": sizes[name]}
         for name, params in candidates.items()
     }
