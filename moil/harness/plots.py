@@ -10,6 +10,8 @@ state, no backend switch), built from plain numbers so a test can read what they
   update on one layer, with the ranks that explain the student's: ``r``, ``r + r_t``
   (a Hybrid's ``Ŵ − W0 = B A (I + U D) + W0 U D`` has rank up to ``r + r_t``) and the
   equal-size LowRank rank.
+* :func:`size_figure` — the stored-size curve: test metric against stored parameters,
+  one line per method (:func:`moil.harness.size_curves.size_curves`).
 
 Titles are wrapped and the figures use constrained layout, so nothing is cut off.
 """
@@ -22,7 +24,11 @@ from statistics import fmean
 import attrs
 from matplotlib.figure import Figure
 
-__all__ = ["StudentDistance", "loss_figure", "distance_figure", "spectrum_figure", "numerical_rank", "smooth"]
+from moil.harness.size_curves import Curve
+
+__all__ = [
+    "StudentDistance", "loss_figure", "distance_figure", "spectrum_figure", "size_figure", "numerical_rank", "smooth",
+]
 
 TITLE_WIDTH = 76  # characters a title line holds at the figures' width and font size (≤ 10 pt)
 
@@ -167,4 +173,34 @@ def spectrum_figure(title: str, student: str, info: dict) -> Figure:
     _title(ax, f"{title}\nall target tensors: student's distance {info['distance']:.4f}; {floors}", size=9)
     _legend(fig)
     ax.grid(alpha=0.3)
+    return fig
+
+
+_MARKERS = "osD^v<>ph*"
+
+
+def size_figure(task: str, metric: str, curves: list[Curve]) -> Figure:
+    """Test ``metric`` (mean over seeds; bars ± the std over seeds where n > 1) against
+    stored parameters (log scale), one line per curve; a curve of one size is a marker,
+    and full fine-tuning (``Curve.reference``) also a dashed level across the plot."""
+    fig = _figure()
+    ax = fig.subplots()
+    for i, curve in enumerate(curves):
+        color, marker = f"C{i % 10}", _MARKERS[(i // 10 + i) % len(_MARKERS)]
+        sizes, means = [p[0] for p in curve.points], [p[1] for p in curve.points]
+        errors = [p[2] if p[3] > 1 else 0.0 for p in curve.points]
+        seeds = sorted({p[3] for p in curve.points})
+        n = f"n={seeds[0]}" if len(seeds) == 1 else f"n={seeds[0]}–{seeds[-1]}"
+        ax.errorbar(sizes, means, yerr=errors if any(errors) else None, color=color, marker=marker, capsize=3,
+                    linestyle="-" if curve.sizes >= 2 else "none", label=f"{curve.label} ({n})")
+        if curve.reference:
+            ax.axhline(fmean(means), color=color, linestyle="--", linewidth=1,
+                       label=f"{curve.label}: level {fmean(means):.4f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("stored parameters (log scale)")
+    ax.set_ylabel(f"test {metric} (mean over seeds)")
+    _title(ax, f"{task}: stored-size curve — test {metric} against the parameters each method stores "
+               "(mean over seeds, bars ± std over seeds)")
+    _legend(fig)
+    ax.grid(alpha=0.3, which="both")
     return fig

@@ -15,7 +15,7 @@ frozen weight like any other, so arms differ only in how the targets are adapted
 adapters and task heads. The pair relations (sum, larger, equal...) are never seen here.
 
 The result is cached by content (:func:`moil.harness.data.cache.load_or_compute`: a key over the
-spec, the split and the training features, checksummed, written atomically); two workers that
+spec, the split and its images, checksummed, written atomically); two workers that
 miss at once both compute the same tensors and the second write replaces the first.
 """
 
@@ -39,7 +39,7 @@ from moil.harness.data.text import minilm_path
 
 __all__ = ["ALIGN_METRICS", "EVAL_SEED", "prealign", "prealigned_model"]
 
-FORMAT = "prealign-v1"  # bump when the stage's recipe changes: old entries are then ignored
+FORMAT = "prealign-v2"  # bump when the stage's recipe changes: old entries are then ignored
 EVAL_SEED = 2024
 #: Metrics stored with the weights (shape (1,): the cache hashes bytes), read back by :func:`prealigned_model`.
 ALIGN_METRICS = ("val_itm_accuracy", "train_loss_last_tenth", "seconds")
@@ -121,8 +121,9 @@ def _val_accuracy(model, demo: DemoData) -> float:
 def _key(spec: PrealignSpec, demo: DemoData, split_seed: int, limit: int) -> str:
     config = {"format": FORMAT, "bert": minilm_path().name, "pooled_side": POOLED_SIDE,
               "split_seed": split_seed, "limit": limit, **attrs.asdict(spec)}
-    return content_key(config, {"visual": demo.train.visual_embeds, "labels": demo.train.images.labels,
-                                "val_labels": demo.val.images.labels})
+    # Keyed on the images, not their features: features differ in the last bits across thread counts.
+    return content_key(config, {"images": demo.train.images.images, "labels": demo.train.images.labels,
+                                "val_images": demo.val.images.images})
 
 
 def prealigned_model(spec: PrealignSpec, task: str, num_answers: int | None, *, split_seed: int = 0,

@@ -5,7 +5,9 @@ per arm, mean over seeds); each MoIL student's weight distance to its momentum t
 training, with the value after the final closed-form fit (the table's) and the LowRank
 floors at the student's rank and at its stored size; the singular-value spectrum of the
 teacher's / target's update on one layer against the student's, with the ranks that
-explain it. A report of runs too short to mean anything (:data:`MEANINGFUL_STEPS`) says so
+explain it; the stored-size curve (test metric against stored parameters, one line per
+method: :mod:`moil.harness.size_curves`), drawn and tabled where a method has ≥ 2 sizes.
+A report of runs too short to mean anything (:data:`MEANINGFUL_STEPS`) says so
 at the top.
 """
 
@@ -15,7 +17,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from moil.harness.plots import StudentDistance, distance_figure, loss_figure, spectrum_figure
+from moil.harness.plots import (
+    StudentDistance,
+    distance_figure,
+    loss_figure,
+    size_figure,
+    spectrum_figure,
+)
+from moil.harness.size_curves import has_curve, size_curves
 
 __all__ = ["write_report", "table_markdown", "caveat", "CANDIDATE_LABELS", "MEANINGFUL_STEPS"]
 
@@ -104,6 +113,27 @@ def _curves(out: Path, results: dict, task: str) -> list[str]:
     return files
 
 
+def _size_section(out: Path, results: dict, tasks: list[str]) -> list[str]:
+    """The stored-size table (one row per point) and a ``size-<task>.png`` per task with a curve."""
+    lines, files = [], []
+    for task in tasks:
+        curves = size_curves(results, task)
+        if not has_curve(curves):
+            continue
+        metric = next(r["metric"] for r in results["summary"] if r["task"] == task)
+        size_figure(task, metric, curves).savefig(out / f"size-{task}.png", dpi=110)
+        files.append(f"size-{task}.png")
+        lines += [f"| {task} ({metric}) | {c.label} | {arm} · {candidate} | {p[0]:,} | {_fmt(p[1], p[2], p[3])} |"
+                  for c in curves for p, (arm, candidate) in zip(c.points, c.sources)]
+    if not lines:
+        return []
+    return ["## Stored-size curve", "",
+            ("Each method at its stored sizes (rows of the results table that differ only in rank); "
+             "full fine-tuning is the reference level."), "",
+            "| task | curve | arm · candidate | stored params | test (mean ± std) |",
+            "| --- | --- | --- | ---: | --- |", *lines, "", *(f"![{f}]({f})" for f in files), ""]
+
+
 def _spectrum(out: Path, runs: list[dict], task: str) -> list[str]:
     for run in runs:
         if run["task"] != task or not run.get("imitation"):
@@ -190,6 +220,7 @@ def write_report(results: dict[str, Any], out: str | Path) -> Path:
         "",
         table_markdown(results["summary"]),
         "",
+        *_size_section(out, results, tasks),
     ]
     if results.get("sweeps"):
         lines += ["## Learning-rate sweeps (validation split, first seed)", ""]
