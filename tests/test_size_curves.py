@@ -213,6 +213,8 @@ RESULTS_COLUMNS = {  # header → check of the printed cell against its summary 
     "arm": lambda cell, r: cell == r["arm"],
     "candidate": lambda cell, r: cell == _candidate(r),
     "test (mean ± std)": lambda cell, r: _score(cell, r["test_mean"], r["test_std"], r["seeds"]) is None,
+    "test per seed": lambda cell, r: cell == ", ".join(f"{k}: {v:.4f}" for k, v in r["test_by_seed"].items())
+    and all(_same(x.split(": ")[1], r["test_by_seed"][x.split(": ")[0]]) for x in cell.split(", ")),
     "val": lambda cell, r: _score(cell, r["val_mean"], 0.0, 1) is None,
     "lr": lambda cell, r: _same(cell, r["lr"]),
     "stored params": lambda cell, r: _same(cell, r["stored_parameters"]),

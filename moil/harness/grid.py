@@ -255,6 +255,8 @@ def summarize(runs: list[dict]) -> list[dict]:
             "primary": candidate == members[0]["primary"],
             "test_mean": statistics.fmean(test) if test else None,
             "test_std": statistics.stdev(test) if len(test) > 1 else 0.0,
+            "test_by_seed": {str(m["seed"]): m["candidates"][candidate]["test"][metric]
+                             for m in members if "test" in m["candidates"][candidate]},
             "val_mean": statistics.fmean(val) if val else None,
             "seeds": len(test) if test else len(members), "lr": members[0]["lr"],
             "stored_parameters": stored,

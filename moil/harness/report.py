@@ -46,20 +46,26 @@ def _fmt(mean: float | None, std: float, n: int) -> str:
     return f"{mean:.4f} ± {std:.4f} (n={n})" if n > 1 else f"{mean:.4f}"
 
 
+def _per_seed(row: dict) -> str:
+    """``seed: value`` for each seed's test score (older results.json files lack them: "—")."""
+    by_seed = row.get("test_by_seed") or {}
+    return ", ".join(f"{seed}: {value:.4f}" for seed, value in by_seed.items()) or "—"
+
+
 def table_markdown(summary: list[dict]) -> str:
     """The results table: one row per task × arm × candidate (a ``val`` column when
     the runs were scored on it)."""
     val = any(row["val_mean"] is not None for row in summary)
     lines = [
-        "| task | arm | candidate | test (mean ± std) |" + (" val |" if val else "")
+        "| task | arm | candidate | test (mean ± std) | test per seed |" + (" val |" if val else "")
         + " lr | stored params | % of model | train s | RSS growth MiB |",
-        "| --- | --- | --- | --- |" + (" --- |" if val else "") + " --- | ---: | ---: | ---: | ---: |",
+        "| --- | --- | --- | --- | --- |" + (" --- |" if val else "") + " --- | ---: | ---: | ---: | ---: |",
     ]
     for row in summary:
         star = " **(stored)**" if row["primary"] else ""
         lines.append(
             f"| {row['task']} ({row['metric']}) | {row['arm']} | {_label(row)}{star} "
-            f"| {_fmt(row['test_mean'], row['test_std'], row['seeds'])} "
+            f"| {_fmt(row['test_mean'], row['test_std'], row['seeds'])} | {_per_seed(row)} "
             + (f"| {_fmt(row['val_mean'], 0.0, 1)} " if val else "")
             + f"| {row['lr']:g} "
             f"| {row['stored_parameters']:,} | {row['percent_of_model']:.2f} "
