@@ -4,7 +4,8 @@ Usage: python benchmarks/headroom/summarize.py benchmarks/headroom [benchmarks/h
 Prints, per grid and task: head-only vs full fine-tuning of the targets at the rate each chose
 on validation (val / test, chosen lr, steps, train seconds), the headroom (full − head, val and
 test), whether each sweep is bracketed, and the training loss over the run's last three fifths
-(mean of each fifth: flat = plateau).
+(mean of each fifth: flat = plateau), and each chosen run's score per relation family where the
+runs carry one (``accuracy/sum``…, val → test).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def fifths(folder: Path) -> list[float]:
 def main(grids: list[str]) -> None:
     print("| grid | task | arm | val | test | lr (sweep: val) | bracketed | steps | train s | loss by fifth |")
     print("| --- | --- | --- | ---: | ---: | --- | --- | ---: | ---: | --- |")
-    rows = {}
+    rows, families = {}, {}
     for grid in map(Path, grids):
         results = json.loads((grid / "results.json").read_text())
         chosen = {(s["task"], s["arm"]): s for s in results["sweeps"]}
@@ -40,12 +41,20 @@ def main(grids: list[str]) -> None:
                   f"| **{run['lr']:g}** ({swept}) | {'yes' if bracketed else 'no'} | {run['steps']} "
                   f"| {run['train_seconds']:.0f} | {loss} |")
             rows[(grid.name, run["task"], run["arm"])] = (cand["val"][metric], cand["test"][metric])
+            families[(grid.name, run["task"], run["arm"])] = {
+                k.split("/", 1)[1]: (cand["val"][k], cand["test"][k]) for k in cand["test"] if "/" in k}
     print("\n| grid | task | headroom val (full − head) | headroom test |")
     print("| --- | --- | ---: | ---: |")
     for grid, task, arm in rows:
         if arm == "full" and (grid, task, "head-only") in rows:
             (fv, ft), (hv, ht) = rows[(grid, task, "full")], rows[(grid, task, "head-only")]
             print(f"| {grid} | {task} | {100 * (fv - hv):+.1f} pts | {100 * (ft - ht):+.1f} pts |")
+    if any(families.values()):
+        print("\n| grid | task | arm | per family, val → test |")
+        print("| --- | --- | --- | --- |")
+        for (grid, task, arm), fams in families.items():
+            cells = "; ".join(f"{name} {v:.3f} → {t:.3f}" for name, (v, t) in fams.items())
+            print(f"| {grid} | {task} | {arm} | {cells} |")
 
 
 if __name__ == "__main__":
