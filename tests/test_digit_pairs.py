@@ -214,3 +214,24 @@ def test_family_scores_average_back_to_the_split_score(seed, task, tok):
     weighted = sum(float(fn(out, batch)) * counts[i] for i, fn in enumerate(fams.values())) / counts.sum()
     whole = float(METRICS[task][PRIMARY_METRIC[task]](out, batch))
     assert weighted == pytest.approx(whole, abs=1e-6)
+
+
+@pytest.mark.parametrize("pairs", [1, 3])
+def test_eval_pairs_sets_how_many_pairs_each_image_starts(pairs, tok):
+    """Law: an evaluation split holds ``eval_pairs · N`` pairs (NLVR2: twice as many rows), each
+    image first in exactly ``eval_pairs`` of them, and the draw is fixed (same batches twice)."""
+    from moil.harness.data.pairs import PairData, PairTaskText
+
+    part = make_split(tok, "val")
+    data = PairData("digit-pairs", PairTaskText(), part, part, part, eval_pairs=pairs)
+    for task, per_pair in (("vqa", 1), ("nlvr2", 2)):
+        batches = data.eval_batches("val", task, 16, torch.device("cpu"))
+        firsts = torch.cat([b["image_index"][::per_pair, 0] for b in batches])
+        assert torch.equal(torch.bincount(firsts, minlength=N), torch.full((N,), pairs))
+        again = data.eval_batches("val", task, 16, torch.device("cpu"))
+        assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, again))
+
+
+def test_bad_eval_pairs_names_the_field():
+    with pytest.raises(ConfigError, match=r"eval_pairs"):
+        parse_config(_config(data__eval_pairs=0))

@@ -47,7 +47,8 @@ def load_data(config: Config) -> Any:
     if config.data.dataset == "digit-pairs":
         from moil.harness.data.pairs import prepare_pair_data
 
-        return prepare_pair_data(config.data.split_seed, limit=config.data.limit or None)
+        return prepare_pair_data(config.data.split_seed, limit=config.data.limit or None,
+                                 eval_pairs=config.data.eval_pairs)
     return prepare_demo_data(config.data.dataset, config.data.split_seed, limit=config.data.limit or None)
 
 

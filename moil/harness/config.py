@@ -166,6 +166,7 @@ class DataSpec:
     limit: int = attrs.field(default=0, validator=non_negative_int)
     batch_size: int = attrs.field(default=32, validator=positive)
     eval_batch_size: int = attrs.field(default=250, validator=positive)
+    eval_pairs: int = attrs.field(default=2, validator=positive)
     split_seed: int = 0
 
 

@@ -30,6 +30,8 @@ HELP: dict[str, dict[str, str]] = {
         "batch_size": "Training batch size (the global batch under torchrun); even for ITM, whose batch "
                       "takes half as many images, each with a matching and a non-matching caption.",
         "eval_batch_size": "Batch size of evaluation (no gradients: larger is faster).",
+        "eval_pairs": "digit-pairs: evaluation pairs drawn per val/test image (a fixed draw); more pairs, a smaller "
+                      "standard error (2: val 1 000 pairs, test 2 000 — NLVR2 rows are twice that).",
         "split_seed": "Seed of the demo set's train/val/test split.",
     },
     "ColumnsSpec": {
@@ -125,6 +127,7 @@ APPLIES: dict[str, dict[str, Rule]] = {
     "DataSpec": {
         "dataset": (lambda d: d.train is None, "`train` is unset (the demo data)"),
         "split_seed": (lambda d: d.train is None, "`train` is unset (the demo data)"),
+        "eval_pairs": (lambda d: d.train is None and d.dataset == "digit-pairs", "`dataset = 'digit-pairs'`"),
         **{name: (lambda d: d.train is not None, "`train` is set (data from disk)")
            for name in ("val", "test", "columns", "epochs")},
     },

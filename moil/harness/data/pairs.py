@@ -19,7 +19,7 @@ An epoch has ``N`` pairs (``N`` = images in the split): ``first`` a permutation 
 ``same_class_half`` family), families in equal numbers (``arange(N) % F`` shuffled), phrasings
 uniform over the split's (test: only the held-out one). All draws happen when the epoch is
 made, from one generator: same seed → same batches. Evaluation uses
-:data:`EVAL_PAIRS_PER_IMAGE` epochs' pairs drawn with :data:`EVAL_SEED`.
+:attr:`PairData.eval_pairs` epochs' pairs drawn with :data:`EVAL_SEED`.
 
 Keys: ``input_ids``, ``attention_mask``, ``token_type_ids`` ``(B, L)``, ``visual_embeds``
 ``(B, 8, D)``, ``visual_attention_mask`` ``(B, 8)``, ``digits`` ``(B, 2)`` int64,
@@ -44,7 +44,7 @@ from moil.harness.data.text import TokenizedTexts, load_tokenizer, tokenize
 __all__ = ["EVAL_PAIRS_PER_IMAGE", "EVAL_SEED", "PairData", "PairSplit", "pool_grid", "prepare_pair_data"]
 
 EVAL_SEED = 2024
-EVAL_PAIRS_PER_IMAGE = 4  # val 2 000 pairs (4 000 NLVR2 rows), test 4 000 (8 000 rows): SE ≤ 0.72 points
+EVAL_PAIRS_PER_IMAGE = 2  # default: val 1 000 pairs (2 000 NLVR2 rows), test 2 000 (4 000 rows)
 POOLED_SIDE = 2
 _TRIES = 8  # draws of another pair's value for a hard negative before falling back
 
@@ -218,6 +218,7 @@ class PairData:
     train: PairSplit
     val: PairSplit
     test: PairSplit
+    eval_pairs: int = EVAL_PAIRS_PER_IMAGE
 
     def _make(self, split: str, task: str):
         if task not in ("nlvr2", "vqa"):
@@ -245,17 +246,18 @@ class PairData:
         return epochs()
 
     def eval_batches(self, split: str, task: str, batch_size: int, device: torch.device) -> list[dict]:
-        """The fixed evaluation batches of ``split`` (:data:`EVAL_PAIRS_PER_IMAGE` pairs per image)."""
+        """The fixed evaluation batches of ``split`` (:attr:`eval_pairs` pairs per image)."""
         if split not in ("val", "test"):
             raise KeyError(f"unknown split {split!r}; use 'val' or 'test'.")
         make = self._make(split, task)
         size = batch_size + batch_size % 2 if task == "nlvr2" else batch_size
-        batches = make(batch_size=size, generator=EVAL_SEED, repeats=EVAL_PAIRS_PER_IMAGE)
+        batches = make(batch_size=size, generator=EVAL_SEED, repeats=self.eval_pairs)
         return [{k: v.to(device) for k, v in b.items()} for b in batches]
 
 
 def prepare_pair_data(seed: int = 0, *, cache_dir: str | Path | None = None,
-                      tokenizer_path: str | Path | None = None, limit: int | None = None) -> PairData:
+                      tokenizer_path: str | Path | None = None, limit: int | None = None,
+                      eval_pairs: int = EVAL_PAIRS_PER_IMAGE) -> PairData:
     """The digit-pairs data: the demo digits' split (``seed``) and cached grid, pooled to 2 × 2,
     with each split's statement and question tables (the test split: held-out phrasings only)."""
     from moil.harness.data.demo import prepare_demo_data
@@ -267,4 +269,5 @@ def prepare_pair_data(seed: int = 0, *, cache_dir: str | Path | None = None,
                         build_text_table(tokenizer, STATEMENTS, name), build_text_table(tokenizer, QUESTIONS, name))
         for name in ("train", "val", "test")
     }
-    return PairData("digit-pairs", PairTaskText(), **parts)
+    check_positive_int("eval_pairs", eval_pairs)
+    return PairData("digit-pairs", PairTaskText(), **parts, eval_pairs=eval_pairs)
