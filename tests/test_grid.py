@@ -145,3 +145,28 @@ def test_a_grid_leaves_the_callers_thread_count_alone(tmp_path):
              reporter=lambda label, total: lambda step, metrics: seen.append(torch.get_num_threads()))
     assert seen == [threads]
     assert torch.get_num_threads() == before
+
+
+def test_an_arm_with_its_own_seeds_runs_only_those(tmp_path):
+    """Law: an arm with ``seeds`` runs (and sweeps on) exactly those seeds, the others
+    ``train.seeds``; its summary row counts its own seeds."""
+    raw = small()
+    raw["arms"][0]["seeds"] = [1]
+    results = run_grid(parse_config(raw), tmp_path)
+    got = sorted((r["arm"], r["seed"]) for r in results["runs"])
+    assert got == [("head", 1), ("moil", 0), ("moil", 1)]
+    assert {s["arm"] for s in results["sweeps"]} == {"head"}
+    assert all(json.loads((tmp_path / "sweep" / "itm" / "head" / f"lr{lr:g}" / "run.json").read_text())["seed"] == 1
+               for lr in (1e-3, 3e-3))
+    rows = {(r["arm"], r["candidate"]): r for r in results["summary"]}
+    assert rows["head", "heads"]["seeds"] == 1 and list(rows["head", "heads"]["test_by_seed"]) == ["1"]
+    assert rows["moil", "teacher"]["seeds"] == 2
+
+
+def test_an_empty_arm_seed_list_is_refused():
+    from moil.harness.config import ConfigError
+
+    raw = small()
+    raw["arms"][0]["seeds"] = []
+    with pytest.raises(ConfigError, match=r"seeds must be non-empty.*seeds=\[\] @ \$\.arms\[0\]\.seeds"):
+        parse_config(raw)

@@ -109,6 +109,7 @@ class ArmSpec:
     rank: int = attrs.field(default=8, validator=positive)
     scale: float = attrs.field(default=1.0, validator=non_zero_scale)
     students: list[StudentSpec] = attrs.field(factory=lambda: [StudentSpec()])
+    seeds: list[int] | None = attrs.field(default=None, validator=attrs.validators.optional(distinct))
 
     def __attrs_post_init__(self) -> None:
         names = [s.name for s in self.students]
@@ -227,6 +228,10 @@ class Config:
                 raise ValueError(f"arm {arm.name!r} must give an lr for task(s) {missing} in its lr table")
         if not self.train.seeds:
             raise ValueError("train.seeds is empty; give at least one seed, e.g. seeds = [0]")
+
+    def seeds_of(self, arm: ArmSpec) -> list[int]:
+        """The seeds ``arm`` runs: its own ``seeds``, else ``train.seeds``."""
+        return self.train.seeds if arm.seeds is None else arm.seeds
         stream_fits(self.data.limit, self.data.batch_size, self.train.tasks)
         check_sources(self)
 

@@ -100,6 +100,7 @@ HELP: dict[str, dict[str, str]] = {
         "rank": "The adapter's rank (set it for an equal stored size across arms).",
         "scale": "The adapter's scale s (PEFT: lora_alpha = s·rank); non-zero.",
         "students": "The low-rank students, one [[arms.students]] table each; only students are stored.",
+        "seeds": "This arm's seeds instead of `train.seeds` (e.g. `[0]` for the extra sizes of a stored-size curve).",
     },
     "StudentSpec": {
         "name": "The student's name (unique within its arm).",

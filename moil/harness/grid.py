@@ -168,7 +168,7 @@ def _run_grid(config: Config, out: Path, reporter: Reporter, resume: bool, runne
         seed_jobs = _seed_jobs(config, out, chosen, reuse)
         seed_results = iter(_run_jobs(seed_jobs, runner, reporter, resume))
         runs = [reuse.get((task, arm.name, seed)) or next(seed_results)
-                for task in config.train.tasks for arm in config.arms for seed in config.train.seeds]
+                for task in config.train.tasks for arm in config.arms for seed in config.seeds_of(arm)]
         results = {
             "config": config_dict(config),
             "machine": machine(config),
@@ -185,7 +185,7 @@ def _run_grid(config: Config, out: Path, reporter: Reporter, resume: bool, runne
 
 
 def _sweep_jobs(config: Config, out: Path) -> list[Job]:
-    """One job per learning rate of every arm that lists several, on the first seed."""
+    """One job per learning rate of every arm that lists several, on the arm's first seed."""
     full, jobs = config.train.steps, []
     for task in config.train.tasks:
         for arm in config.arms:
@@ -197,7 +197,7 @@ def _sweep_jobs(config: Config, out: Path) -> list[Job]:
             extra = tuple(s for s in config.train.eval_splits if s != "val") if steps == full else ()
             for lr in arm.learning_rates(task):
                 jobs.append(Job(
-                    task, arm.name, config.train.seeds[0], lr, out / "sweep" / task / arm.name / f"lr{lr:g}",
+                    task, arm.name, config.seeds_of(arm)[0], lr, out / "sweep" / task / arm.name / f"lr{lr:g}",
                     steps, ("val", *extra), f"{task} · {arm.name} · sweep lr={lr:g}",
                 ))
     return jobs
@@ -229,7 +229,7 @@ def _seed_jobs(config: Config, out: Path, chosen: dict, reuse: dict) -> list[Job
         Job(task, arm.name, seed, chosen[task, arm.name], out / "runs" / task / arm.name / f"seed{seed}",
             config.train.steps, tuple(config.train.eval_splits),
             f"{task} · {arm.name} · seed {seed} · lr={chosen[task, arm.name]:g}")
-        for task in config.train.tasks for arm in config.arms for seed in config.train.seeds
+        for task in config.train.tasks for arm in config.arms for seed in config.seeds_of(arm)
         if (task, arm.name, seed) not in reuse
     ]
 
