@@ -228,12 +228,12 @@ class Config:
                 raise ValueError(f"arm {arm.name!r} must give an lr for task(s) {missing} in its lr table")
         if not self.train.seeds:
             raise ValueError("train.seeds is empty; give at least one seed, e.g. seeds = [0]")
+        stream_fits(self.data.limit, self.data.batch_size, self.train.tasks)
+        check_sources(self)
 
     def seeds_of(self, arm: ArmSpec) -> list[int]:
         """The seeds ``arm`` runs: its own ``seeds``, else ``train.seeds``."""
         return self.train.seeds if arm.seeds is None else arm.seeds
-        stream_fits(self.data.limit, self.data.batch_size, self.train.tasks)
-        check_sources(self)
 
 
 _converter = structure_converter()
