@@ -6,7 +6,7 @@ test metric ``mean ± std`` over seeds — accuracy vs stored parameters, the co
 equal stored size read along the size axis. Which rows are one method:
 
 * the stored candidate (``primary``) of a non-MoIL arm (``lora``, ``peft-*``, ``head``,
-  ``full``): same curve when the arms' configs are equal without ``name``, ``rank``, ``lr``
+  ``full``): same curve when the arms' configs are equal without ``name``, ``rank``, ``lr``, ``seeds``
   (and ``students``/``momentum``, which only a MoIL arm reads);
 * a MoIL student ``student/<name>``: same curve when its student configs are equal
   without ``name``, ``rank``, ``transform_rank``, within one arm;
@@ -26,7 +26,7 @@ import attrs
 
 __all__ = ["ARM_SIZE_FIELDS", "RECIPE_LABELS", "STUDENT_SIZE_FIELDS", "Curve", "has_curve", "size_curves"]
 
-ARM_SIZE_FIELDS = ("name", "rank", "lr")  # an arm's fields that set its size (or its sweep), not its method
+ARM_SIZE_FIELDS = ("name", "rank", "lr", "seeds")  # an arm's fields that set its size, sweep or seeds, not its method
 MOIL_ONLY_FIELDS = ("students", "momentum")  # arm fields no non-MoIL recipe reads
 STUDENT_SIZE_FIELDS = ("name", "rank", "transform_rank")
 _REFIT_FIELDS = ("refit", "refit_every", "final_fit")  # said as "refit als [every n]"
