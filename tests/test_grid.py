@@ -170,3 +170,14 @@ def test_an_empty_arm_seed_list_is_refused():
     raw["arms"][0]["seeds"] = []
     with pytest.raises(ConfigError, match=r"seeds must be non-empty.*seeds=\[\] @ \$\.arms\[0\]\.seeds"):
         parse_config(raw)
+
+
+def test_resume_never_reuses_a_finished_run_of_another_learning_rate(tmp_path):
+    """A seed run's folder does not name its lr: when the chosen rate changes, resume must not
+    read back the old run as the new one (it refuses the folder, naming the fix)."""
+    config = small(seeds=[0])
+    config["arms"] = [{"name": "head", "recipe": "head", "lr": 1e-3}]
+    run_grid(parse_config(config), tmp_path)
+    config["arms"][0]["lr"] = 3e-3
+    with pytest.raises(ValueError, match=r"runs/itm/head/seed0.*\n  lr: 0.001 -> 0.003\n.*--overwrite"):
+        run_grid(parse_config(config), tmp_path, resume=True)

@@ -63,15 +63,17 @@ def _with_folder(result: dict, run_dir: Path) -> dict:
 
 
 def _finished(job: Job, resume: bool) -> dict | None:
-    """The run's results when ``resume`` finds it done as ``job`` asks (same steps, every
-    split scored); else ``None`` — it is (re)trained, from its checkpoint if it has one."""
+    """The run's results when ``resume`` finds it done as ``job`` asks (same steps, learning
+    rate and seed, every split scored); else ``None`` — it is (re)trained, from its checkpoint
+    if it has one (a run folder made with another config is refused with its fix)."""
     done = job.folder / "results.json"
     if not (resume and done.exists()):
         return None
     result = read_json(done, required=("steps", "candidates"),
                        fix="delete it (with --resume the run is then trained again)")
     scored = all(split in c for c in result["candidates"].values() for split in job.splits)
-    return _with_folder(result, job.folder) if result["steps"] == job.steps and scored else None
+    same = result["steps"] == job.steps and result.get("lr") == job.lr and result.get("seed") == job.seed
+    return _with_folder(result, job.folder) if same and scored else None
 
 
 def _run_jobs(jobs: list[Job], runner: Runner, reporter: Reporter, resume: bool) -> list[dict]:
