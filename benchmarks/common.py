@@ -425,11 +425,14 @@ def run_children(script: str, argvs: dict[str, list[str]]) -> dict[str, dict[str
 
 
 # -- command line and reporting ----------------------------------------------------
-def parser(description: str, *, steps_help: str) -> argparse.ArgumentParser:
+def parser(description: str, *, steps_help: str, rounds: bool = False) -> argparse.ArgumentParser:
+    """The options every benchmark shares; ``rounds``: also ``--rounds`` (interleaved timings)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--size", choices=SIZES, default="demo")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=None, help=steps_help)
+    if rounds:
+        p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default: per size)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the numbers here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -447,6 +450,11 @@ def parse(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namesp
     if args.threads:
         torch.set_num_threads(args.threads)
     return args
+
+
+def steps_and_rounds(args: argparse.Namespace, steps: int, rounds: int) -> tuple[int, int]:
+    """``--steps`` / ``--rounds`` where given, else the size's defaults ``steps, rounds``."""
+    return args.steps or steps, args.rounds or rounds
 
 
 def child_argv(args: argparse.Namespace) -> list[str]:

@@ -82,12 +82,11 @@ def make_arms(setup: common.Setup) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = common.parser(__doc__.splitlines()[0], steps_help="timed steps per arm per round")
-    p.add_argument("--rounds", type=int, default=None)
+    p = common.parser(__doc__.splitlines()[0], steps_help="timed steps per arm per round", rounds=True)
     args = common.parse(p, argv)
     setup = common.build(args.size, args.device, args.seed)
     steps, rounds = DEFAULTS[args.size]
-    steps, rounds = args.steps or steps, args.rounds or rounds
+    steps, rounds = common.steps_and_rounds(args, steps, rounds)
     arms, record = make_arms(setup)
     times = common.interleaved(arms, rounds=rounds, steps=steps, warmup=1, device=setup.device)
     update_ms = {n: 1e3 * statistics.median(v[1:] or v) for n, v in record.items()}  # drop the warm-up

@@ -41,12 +41,11 @@ def _perturbed(params: dict, seed: int, scale: float = 0.02) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = common.parser(__doc__.splitlines()[0], steps_help="timed forwards per arm per round")
-    p.add_argument("--rounds", type=int, default=None)
+    p = common.parser(__doc__.splitlines()[0], steps_help="timed forwards per arm per round", rounds=True)
     args = common.parse(p, argv)
     setup = common.build(args.size, args.device, args.seed)
     steps, rounds = DEFAULTS[args.size]
-    steps, rounds = args.steps or steps, args.rounds or rounds
+    steps, rounds = common.steps_and_rounds(args, steps, rounds)
     bb, batch = setup.backbone, setup.batch
     adapter = bb.adapter(Hybrid(setup.rank))
     student = _perturbed(adapter.init(bb.base(), generator=torch.Generator().manual_seed(0)), 1)

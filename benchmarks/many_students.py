@@ -46,12 +46,11 @@ def students(setup: common.Setup) -> dict[str, Student]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = common.parser(__doc__.splitlines()[0], steps_help="timed steps per arm per round")
-    p.add_argument("--rounds", type=int, default=None)
+    p = common.parser(__doc__.splitlines()[0], steps_help="timed steps per arm per round", rounds=True)
     args = common.parse(p, argv)
     setup = common.build(args.size, args.device, args.seed)
     steps, rounds = DEFAULTS[args.size]
-    steps, rounds = args.steps or steps, args.rounds or rounds
+    steps, rounds = common.steps_and_rounds(args, steps, rounds)
     pool, opt = students(setup), default_optimizer(total_steps=100_000)
 
     def moil(chosen):

@@ -193,8 +193,7 @@ def interleaved(arms: dict, *, rounds: int, steps: int) -> dict[str, dict[str, f
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = common.parser(__doc__.splitlines()[0], steps_help="timed steps per arm per round")
-    p.add_argument("--rounds", type=int, default=None)
+    p = common.parser(__doc__.splitlines()[0], steps_help="timed steps per arm per round", rounds=True)
     p.add_argument("--memory-steps", type=int, default=2, help="steps per memory subprocess")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--memory-arm", default=None, help=common.argparse.SUPPRESS)
@@ -212,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
         common.measure_in_child(setup, make, calls)
         return {}
     steps, rounds = DEFAULTS[args.size]
-    steps, rounds = args.steps or steps, args.rounds or rounds
+    steps, rounds = common.steps_and_rounds(args, steps, rounds)
 
     arms = {name: make_arm(setup, name) for name in ARMS}
     times = interleaved(arms, rounds=rounds, steps=steps)

@@ -113,7 +113,7 @@ def memory_children(args: argparse.Namespace, size: str, steps: int, at_once: in
 def measure(args: argparse.Namespace, size: str) -> dict:
     """Times (and unless ``--no-memory`` peak memory) of every arm on ``size``; prints its table."""
     steps, rounds, memory_steps, at_once = DEFAULTS[size]
-    steps, rounds = args.steps or steps, args.rounds or rounds
+    steps, rounds = common.steps_and_rounds(args, steps, rounds)
     memory_steps = args.memory_steps or memory_steps
     start = time.perf_counter()
     # Memory first, while this process holds no model: vilt-l's timed arms alone need ≈ 14 GB.
@@ -278,10 +278,9 @@ def summary(results: dict[str, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = common.parser(__doc__.splitlines()[0], steps_help="timed steps per arm per round")
+    p = common.parser(__doc__.splitlines()[0], steps_help="timed steps per arm per round", rounds=True)
     p.set_defaults(size=None)
     p.add_argument("--sizes", nargs="+", choices=common.SIZES, default=list(common.SIZES))
-    p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--memory-steps", type=int, default=None, help="steps per memory subprocess")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--memory-arm", default=None, help=argparse.SUPPRESS)
