@@ -21,7 +21,6 @@ miss at once both compute the same tensors and the second write replaces the fir
 
 from __future__ import annotations
 
-import math
 import time
 
 import attrs
@@ -36,10 +35,11 @@ from moil.harness.data.cache import content_key, load_or_compute
 from moil.harness.data.demo import DemoData, prepare_demo_data
 from moil.harness.data.pairs import POOLED_SIDE, pool_grid
 from moil.harness.data.text import minilm_path
+from moil.schedules import WarmupLinearDecay
 
 __all__ = ["ALIGN_METRICS", "EVAL_SEED", "prealign", "prealigned_model"]
 
-FORMAT = "prealign-v2"  # bump when the stage's recipe changes: old entries are then ignored
+FORMAT = "prealign-v3"  # bump when the stage's recipe changes: old entries are then ignored
 EVAL_SEED = 2024
 #: Metrics stored with the weights (shape (1,): the cache hashes bytes), read back by :func:`prealigned_model`.
 ALIGN_METRICS = ("val_itm_accuracy", "train_loss_last_tenth", "seconds")
@@ -52,11 +52,6 @@ def _new_model(dim: int, task: str, num_answers: int | None, seed: int):
 
 def _logits(model, batch: dict[str, Tensor]) -> Tensor:
     return model(**{k: batch[k] for k in _INPUTS}, return_dict=True).logits
-
-
-def _lr_factor(steps: int):
-    warm = max(1, math.ceil(0.1 * steps))
-    return lambda t: (t + 1) / warm if t < warm else max(0.0, (steps - t) / max(1, steps - warm))
 
 
 def prealign(spec: PrealignSpec, demo: DemoData) -> dict[str, Tensor]:
@@ -78,7 +73,8 @@ def prealign(spec: PrealignSpec, demo: DemoData) -> dict[str, Tensor]:
             (fresh if name in new else old).append(p)
     opt = torch.optim.AdamW([{"params": old, "lr": spec.lr}, {"params": fresh, "lr": spec.new_lr}],
                             betas=(0.9, 0.98), weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(spec.steps))
+    # The factor on each group's rate: the library's own warm-up + linear decay at peak 1.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupLinearDecay(1.0, spec.steps, warmup=0.1))
     losses: list[float] = []
     step, epoch = 0, 0
     while step < spec.steps:
