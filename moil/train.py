@@ -83,6 +83,8 @@ def train(
     precision: Literal["fp32", "bf16", "fp16"] = "fp32",
     compile: bool = False,
     finalize: bool = True,
+    validate: Callable[[Any], Mapping[str, float]] | None = None,
+    validate_every: int | None = None,
 ) -> Any:
     """Run ``recipe`` for ``steps`` steps; return its (finalized) state.
 
@@ -108,6 +110,12 @@ def train(
       precision: autocast dtype of the forward (``"bf16"``/``"fp16"``) or fp32.
       compile: run ``recipe.step`` under ``torch.compile``.
       finalize: apply the recipe's end-of-training fits (e.g. a final SVD fit).
+      validate: ``state -> {name: value}``, called after every ``validate_every``-th
+        step (before the fits of ``finalize``); its values join that step's metrics
+        (``on_step``), e.g. a validation score for a learning curve. Steps run inside
+        ``torch.random.fork_rng``, so what ``validate`` draws never changes training.
+        Under torchrun it is called on every rank with that rank's state.
+      validate_every: steps between ``validate`` calls (required with ``validate``).
 
     If a step raises (NaN loss, Ctrl-C, SIGTERM turned into an exception by the
     caller), the last good state is checkpointed before the error propagates, so no
@@ -118,6 +126,12 @@ def train(
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"train: steps must be an integer >= 0, got steps={steps!r}.")
+    if (validate is None) != (validate_every is None):
+        raise ValueError("train: give validate and validate_every together (a function state -> metrics "
+                         f"and the steps between calls), got validate_every={validate_every!r}.")
+    if validate_every is not None and (isinstance(validate_every, bool) or not isinstance(validate_every, int)
+                                       or validate_every < 1):
+        raise ValueError(f"train: validate_every must be an integer >= 1, got validate_every={validate_every!r}.")
     if precision != "fp32":
         if precision not in DTYPES:
             raise ValueError(f"train: precision must be 'fp32', 'bf16' or 'fp16', got {precision!r}.")
@@ -165,6 +179,8 @@ def train(
                 torch.manual_seed(step_seed(seed, state.step) + world.rank)
                 with active(world):
                     state, metrics = step_fn(state, backbone, batch)
+            if validate is not None and state.step % validate_every == 0:
+                metrics = {**metrics, **validate(state)}
             if on_step is not None:
                 on_step(state.step, metrics)
             if path is not None and (

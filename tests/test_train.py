@@ -93,3 +93,35 @@ def test_global_rng_untouched(backbone):
     torch.manual_seed(123)
     train(FullFineTune(TASK, optimizer=OPT), backbone, batches(1), steps=1)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_validate_joins_every_kth_steps_metrics_and_never_changes_training(backbone):
+    """validate(state) runs after steps k, 2k, …; its values join those steps' metrics, it
+    sees the state just trained, and a run with it ends bitwise equal to one without, even
+    when validate draws from the global RNG and runs a forward (dropout, patch sampling)."""
+    data = batches(5)
+    eval_batches = batches(2, seed=1)
+    seen, logged = [], {}
+
+    def validate(state):
+        seen.append(state.step)
+        torch.rand(3)  # draws from the global RNG: must not leak into the next step
+        acc = evaluate(backbone, {**state.teacher, **state.heads}, eval_batches,
+                       {"acc": lambda o, b: itm_accuracy(o["itm_logits"], b["itm_labels"])})
+        return {"val/acc": acc["acc"]}
+
+    watched = train(FullFineTune(TASK, optimizer=OPT), backbone, data, steps=5, validate=validate,
+                    validate_every=2, on_step=lambda step, m: logged.update({step: m}))
+    plain = train(FullFineTune(TASK, optimizer=OPT), backbone, data, steps=5)
+    assert seen == [2, 4]
+    assert [s for s in logged if "val/acc" in logged[s]] == [2, 4]
+    assert all("task_loss" in m for m in logged.values())
+    for k in plain.teacher:
+        assert torch.equal(watched.teacher[k], plain.teacher[k])
+
+
+@pytest.mark.parametrize("kwargs", [{"validate_every": 2}, {"validate": dict}, {"validate": dict, "validate_every": 0},
+                                    {"validate": dict, "validate_every": True}])
+def test_validate_needs_a_function_and_a_positive_period(backbone, kwargs):
+    with pytest.raises(ValueError, match="validate"):
+        train(FullFineTune(TASK, optimizer=OPT), backbone, batches(1), steps=1, **kwargs)

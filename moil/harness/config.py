@@ -210,6 +210,7 @@ class TrainSpec:
     workers: int = attrs.field(default=1, validator=positive)
     checkpoint_every: int = attrs.field(default=0, validator=non_negative_int)
     eval_splits: list[Literal["val", "test"]] = attrs.field(factory=lambda: ["val", "test"], validator=splits)
+    eval_every: int = attrs.field(default=0, validator=non_negative_int)
 
 
 @attrs.frozen

@@ -82,6 +82,9 @@ HELP: dict[str, dict[str, str]] = {
         "checkpoint_every": "Also checkpoint every this many steps (0 = only when a run ends or is stopped): "
                             "bounds what a killed worker loses in long runs.",
         "eval_splits": "Splits every (non-sweep) run is scored on; sweeps always use `val`.",
+        "eval_every": "Score each run's trained model (the MoIL teacher, else the stored candidate) on `val` every "
+                      "this many steps (0 = only at the end): the validation curve of `metrics.jsonl` and the "
+                      "report's convergence table. Each point costs one forward over `val`.",
     },
     "ArmSpec": {
         "name": "The arm's name in results and reports (unique within the config).",

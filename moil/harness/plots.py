@@ -10,6 +10,8 @@ state, no backend switch), built from plain numbers so a test can read what they
   update on one layer, with the ranks that explain the student's: ``r``, ``r + r_t``
   (a Hybrid's ``Ŵ − W0 = B A (I + U D) + W0 U D`` has rank up to ``r + r_t``) and the
   equal-size LowRank rank.
+* :func:`validation_figure` — each arm's validation score over training (mean over seeds,
+  each seed faint): whether it stopped improving;
 * :func:`size_figure` — the stored-size curve: test metric against stored parameters,
   one line per method (:func:`moil.harness.size_curves.size_curves`).
 
@@ -27,7 +29,7 @@ from matplotlib.figure import Figure
 from moil.harness.size_curves import Curve
 
 __all__ = [
-    "StudentDistance", "loss_figure", "distance_figure", "spectrum_figure", "size_figure", "numerical_rank", "smooth",
+    "StudentDistance", "loss_figure", "validation_figure", "distance_figure", "spectrum_figure", "size_figure", "numerical_rank", "smooth",
 ]
 
 TITLE_WIDTH = 76  # characters a title line holds at the figures' width and font size (≤ 10 pt)
@@ -71,6 +73,24 @@ def loss_figure(task: str, series: dict[str, list[list[float]]]) -> Figure:
     ax.set_ylabel("training task loss (EMA-smoothed)")
     _title(ax, f"{task}: learning curves (mean over seeds)")
     ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def validation_figure(task: str, metric: str, curves: list[tuple[str, list[int], dict[int, list[float]]]]) -> Figure:
+    """``curves``: ``(label, steps, {seed: values})`` per arm; the mean line, seeds faint."""
+    fig = _figure()
+    ax = fig.subplots()
+    for i, (label, steps, seeds) in enumerate(curves):
+        mean = _mean(list(seeds.values()))
+        ax.plot(steps, mean, color=f"C{i}", marker="o", markersize=3, label=f"{label} (n={len(seeds)})")
+        for values in seeds.values():
+            ax.plot(steps, values, color=f"C{i}", alpha=0.25, linewidth=0.8)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"val {metric}")
+    _title(ax, f"{task}: validation {metric} over training (mean over seeds; each seed faint; "
+               "the last point is the run's own val score)")
+    _legend(fig)
     ax.grid(alpha=0.3)
     return fig
 

@@ -5,24 +5,27 @@ per arm, mean over seeds); each MoIL student's weight distance to its momentum t
 training, with the value after the final closed-form fit (the table's) and the LowRank
 floors at the student's rank and at its stored size; the singular-value spectrum of the
 teacher's / target's update on one layer against the student's, with the ranks that
-explain it; the stored-size curve (test metric against stored parameters, one line per
-method: :mod:`moil.harness.size_curves`), drawn and tabled where a method has ≥ 2 sizes.
+explain it; each arm's validation curve and whether it is flat
+(:mod:`moil.harness.convergence`, with ``train.eval_every``); the stored-size curve (test
+metric against stored parameters, one line per method: :mod:`moil.harness.size_curves`),
+drawn and tabled where a method has ≥ 2 sizes.
 A report of runs too short to mean anything (:data:`MEANINGFUL_STEPS`) says so
 at the top.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from moil.harness.convergence import run_metrics, validation_curves
 from moil.harness.plots import (
     StudentDistance,
     distance_figure,
     loss_figure,
     size_figure,
     spectrum_figure,
+    validation_figure,
 )
 from moil.harness.size_curves import has_curve, size_curves
 
@@ -89,7 +92,7 @@ def _curves(out: Path, results: dict, task: str) -> list[str]:
     for run in results["runs"]:
         if run["task"] != task:
             continue
-        rows = _metrics(out, run)
+        rows = run_metrics(out, run)
         if not rows:
             continue
         loss.setdefault(run["arm"], []).append([r["task_loss"] for r in rows])
@@ -140,6 +143,37 @@ def _size_section(out: Path, results: dict, tasks: list[str]) -> list[str]:
             "| --- | --- | --- | ---: | --- |", *lines, "", *(f"![{f}]({f})" for f in files), ""]
 
 
+def _convergence_section(out: Path, results: dict) -> list[str]:
+    """The validation-curve table (every point, the rise over the last third, its verdict)
+    and a ``val-<task>.png`` per task; ``[]`` when no run logged a curve (``train.eval_every``)."""
+    curves = validation_curves(results, out)
+    if not curves:
+        return []
+    lines = ["## Convergence: validation curves", "",
+             ("Each arm's trained model (the MoIL teacher, else the stored candidate) scored on val every "
+              "`train.eval_every` steps, mean over seeds; the last point is the run's own val score. *Rise* is "
+              "the last point minus the best point in the first two thirds of the run; an arm is flat when "
+              "the rise is at most one standard error of a val score (√(p(1−p)/n), n val rows)."), "",
+             "| task | arm | model | val (step: mean over seeds) | rise over the last third | standard error | flat |",
+             "| --- | --- | --- | --- | ---: | ---: | --- |"]
+    for c in curves:
+        points = ", ".join(f"{s}: {v:.4f}" for s, v in zip(c.steps, c.mean))
+        rise = "—" if c.rise is None else f"{c.rise:+.4f}"
+        se = "—" if c.standard_error is None else f"{c.standard_error:.4f}"
+        flat = {True: "yes", False: "**no**", None: "—"}[c.converged]
+        lines.append(f"| {c.task} ({c.metric}) | {c.arm} | {_label({'candidate': c.candidate})} | {points} "
+                     f"| {rise} | {se} | {flat} |")
+    files = []
+    for task in sorted({c.task for c in curves}):
+        mine = [c for c in curves if c.task == task]
+        fig = validation_figure(task, mine[0].metric, [(f"{c.arm} · {_label({'candidate': c.candidate})}",
+                                                        list(c.steps), {s: list(v) for s, v in c.seeds.items()})
+                                                       for c in mine])
+        fig.savefig(out / f"val-{task}.png", dpi=110)
+        files.append(f"val-{task}.png")
+    return [*lines, "", *(f"![{f}]({f})" for f in files), ""]
+
+
 def _spectrum(out: Path, runs: list[dict], task: str) -> list[str]:
     for run in runs:
         if run["task"] != task or not run.get("imitation"):
@@ -151,13 +185,6 @@ def _spectrum(out: Path, runs: list[dict], task: str) -> list[str]:
         fig.savefig(out / file, dpi=110)
         return [file]
     return []
-
-
-def _metrics(out: Path, run: dict) -> list[dict]:
-    path = out / run.get("folder", f"runs/{run['task']}/{run['arm']}/seed{run['seed']}") / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def caveat(results: dict[str, Any]) -> list[str]:
@@ -226,6 +253,7 @@ def write_report(results: dict[str, Any], out: str | Path) -> Path:
         "",
         table_markdown(results["summary"]),
         "",
+        *_convergence_section(out, results),
         *_size_section(out, results, tasks),
     ]
     if results.get("sweeps"):

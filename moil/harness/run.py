@@ -30,7 +30,7 @@ from moil.harness.imitation import imitation_report
 from moil.harness.memory import PeakMemory
 from moil.harness.metrics_log import MetricsLog
 from moil.harness.run_folder import MANIFEST, hold, plan_run, run_manifest, write_json
-from moil.harness.scoring import PRIMARY_METRIC, score
+from moil.harness.scoring import PRIMARY_METRIC, score, ValidationCurve
 from moil.train import CHECKPOINT, train
 
 __all__ = ["CHECKPOINT_SECONDS", "check_run", "discard_run", "run_one", "save_students"]
@@ -104,6 +104,11 @@ def run_one(
     recipe = build_recipe(arm, task, lr, steps)
     manifest = run_manifest(config_dict(config), arm.name, task, seed, lr, steps, made_by)
     world = from_env()
+    if config.train.eval_every and world.size > 1:
+        raise ValueError(
+            f"train.eval_every = {config.train.eval_every}: validation curves are scored in one process; "
+            "under torchrun set train.eval_every = 0 (the run is still scored at its end)."
+        )
     if not world.main:  # under torchrun rank 0 owns the folder; the others train alongside it
         return _train_and_score(config, arm, task, seed, lr, recipe, backbone, data, run_dir, steps, splits,
                                 None, broadcast(None, world), keep_checkpoint, main=False)
@@ -127,14 +132,25 @@ def _train_and_score(config, arm, task, seed, lr, recipe, backbone, data, run_di
             if on_step is not None:
                 on_step(step, metrics)
 
+        every = config.train.eval_every or None
+        curve = ValidationCurve.of(recipe, backbone, config, data, task) if every and main else None
+        curve_seconds = 0.0
+
+        def validate(state: Any) -> dict:
+            nonlocal curve_seconds  # kept out of train_seconds: the curve is measurement, not training
+            began = time.perf_counter()
+            points = curve(state)
+            curve_seconds += time.perf_counter() - began
+            return points
+
         started = time.perf_counter()
         state = train(
             recipe, backbone, train_stream(data, task, config.data.batch_size, seed, device_of(config)),
             steps=steps, seed=seed, run_dir=run_dir, resume=resume, on_step=record,
             checkpoint_every=config.train.checkpoint_every or None, checkpoint_seconds=CHECKPOINT_SECONDS,
-            precision=config.train.precision,
+            precision=config.train.precision, validate=validate if curve else None, validate_every=every if curve else None,
         )
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started - curve_seconds
     if not main:
         return {}
     scores = score(recipe, state, backbone, config, data, task, splits)
@@ -149,5 +165,7 @@ def _train_and_score(config, arm, task, seed, lr, recipe, backbone, data, run_di
         "model_parameters": backbone.num_parameters(),
         "imitation": imitation_report(recipe, state, backbone),
     }
+    if curve is not None:
+        result["curve"] = {"every": every, "val_rows": curve.rows, "seconds": curve_seconds}
     write_json(run_dir / "results.json", result)
     return result

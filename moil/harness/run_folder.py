@@ -38,7 +38,7 @@ __all__ = [
 MANIFEST = "run.json"
 LOCK = ".lock"
 #: ``train.*`` fields a resume may change: they do not change what a step computes.
-SAFE_CHANGES = ("train.checkpoint_every", "train.eval_splits", "train.threads", "train.workers",
+SAFE_CHANGES = ("train.checkpoint_every", "train.eval_splits", "train.eval_every", "train.threads", "train.workers",
                 "train.seeds", "train.tasks", "train.sweep_steps", "train.steps")
 
 

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from moil.harness.batches import eval_batches
 from moil.harness.build import device_of
 from moil.harness.config import Config
 from moil.objectives import itm_accuracy, recall_at_k, vqa_score
 from moil.train import evaluate
 
-__all__ = ["METRICS", "PRIMARY_METRIC", "family_metrics", "score"]
+__all__ = ["METRICS", "PRIMARY_METRIC", "curve_key", "family_metrics", "score", "ValidationCurve"]
 
 PRIMARY_METRIC = {"itm": "accuracy", "vqa": "vqa_score", "retrieval": "mean_recall", "nlvr2": "accuracy"}
 RECALL_AT = (1, 5, 10)
@@ -94,3 +96,43 @@ def score(
         | {"stored_parameters": sizes[name]}
         for name, params in candidates.items()
     }
+
+
+def curve_key(candidate: str, metric: str) -> str:
+    """The ``metrics.jsonl`` key of a validation-curve point: ``val/<candidate>/<metric>``."""
+    return f"val/{candidate}/{metric}"
+
+
+@attrs.frozen(eq=False)
+class ValidationCurve:
+    """``state -> {curve_key(candidate, metric): value}``: the primary metric on ``val`` of
+    the model the run trains — the MoIL teacher (its students are fits of it), else the
+    stored candidate — for ``moil.train.train(validate=...)``. The batches are made once.
+
+    Attributes:
+      rows: how many ``val`` rows each point scores (its standard error is ``√(p(1−p)/rows)``).
+    """
+
+    recipe: Any
+    backbone: Any
+    batches: list[dict]
+    task: str
+
+    @classmethod
+    def of(cls, recipe: Any, backbone: Any, config: Config, data: Any, task: str) -> "ValidationCurve":
+        batches = eval_batches(data, "val", task, config.data.eval_batch_size, device_of(config))
+        return cls(recipe, backbone, batches, task)
+
+    @property
+    def metric(self) -> str:
+        return PRIMARY_METRIC[self.task]
+
+    @property
+    def rows(self) -> int:
+        return sum(len(next(iter(b.values()))) for b in self.batches)
+
+    def __call__(self, state: Any) -> dict[str, float]:
+        candidates = self.recipe.candidates(state, self.backbone)
+        name = "teacher" if "teacher" in candidates else self.recipe.primary
+        metrics = {self.metric: METRICS[self.task][self.metric]}
+        return {curve_key(name, self.metric): evaluate(self.backbone, candidates[name], self.batches, metrics)[self.metric]}
