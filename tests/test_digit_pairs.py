@@ -107,6 +107,21 @@ def test_test_split_reads_only_the_held_out_phrasing(tok):
         assert bool(texts & held) == (split == "test")
 
 
+def _words(text: str) -> set[str]:
+    return set("".join(c if c.isalpha() else " " for c in text).split())
+
+
+@pytest.mark.parametrize("fam", QUESTIONS, ids=lambda f: f.name)
+def test_a_held_out_question_keeps_a_word_only_its_family_trains_on(fam):
+    """The test phrasing shares a word with its family's training phrasings that no other
+    family's training phrasing has: test rewords a relation the model was taught, it does
+    not ask it to learn a synonym it never saw."""
+    (held,) = fam.prompts.for_split("test")
+    own = set().union(*(_words(p) for p in fam.prompts.for_split("train")))
+    others = set().union(*(_words(p) for f in QUESTIONS if f is not fam for p in f.prompts.for_split("train")))
+    assert _words(held) & (own - others), held
+
+
 def test_same_seed_same_batches_other_seed_other_pairs(tok):
     part = make_split(tok, "train")
     one, two, other = (next(part.nlvr2_batches(batch_size=20, generator=s)) for s in (7, 7, 8))

@@ -10,7 +10,11 @@ A :class:`PairFamily` is one relation ``value(a, b) -> index`` into its ``values
 with phrasings as a :class:`~moil.harness.data.prompts.PromptSet` (one held out for test).
 Statement phrasings hold one ``{}`` for the value word, so a statement and its hard negative
 differ in exactly that word ("the sum of the two digits is seven" / "... is nine").
-Question phrasings hold none; the answer is ``values[value(a, b)]``.
+Question phrasings hold none; the answer is ``values[value(a, b)]``. A held-out (test)
+question keeps a word that names its family in the training phrasings ("sum", "larger",
+"smaller", "odd") and rewords the rest: test then measures new wording around a known
+relation, not synonym transfer ("how much are the two numbers together?" scored 0.03 after
+full fine-tuning).
 
 ``same_class_half``: the family draws a partner of the same class for exactly half of its
 pairs (else "the two digits are equal" would be false for 90 % of random pairs).
@@ -101,15 +105,15 @@ STATEMENTS = (
 QUESTIONS = (
     PairFamily("sum", PromptSet((
         "what is the sum of the two digits?", "what do the two digits add up to?",
-        "what is the total of the two digits?", "how much are the two numbers together?",
+        "what is the total of the two digits?", "what is the sum of the two numbers?",
     )), NUMBER_WORDS, _sum),
     PairFamily("larger", PromptSet((
         "what is the larger digit?", "which is the bigger of the two digits?",
-        "what is the largest of the two numbers?", "which digit is the higher one?",
+        "what is the largest of the two numbers?", "which of the two digits is larger?",
     )), NUMBER_WORDS[:10], _larger),
     PairFamily("smaller", PromptSet((
         "what is the smaller digit?", "which is the lesser of the two digits?",
-        "what is the smallest of the two numbers?", "which digit is the lower one?",
+        "what is the smallest of the two numbers?", "which of the two digits is smaller?",
     )), NUMBER_WORDS[:10], _smaller),
     PairFamily("odd-count", PromptSet((
         "how many of the two digits are odd?", "how many odd digits are there?",
