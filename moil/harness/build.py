@@ -20,7 +20,7 @@ from moil.harness.data import DemoData, prepare_demo_data
 from moil.harness.momentum_spec import parse_momentum
 from moil.objectives import ContrastiveRetrieval, ImageTextMatching, PairClassification, VQAScore
 from moil.optim import AdamW
-from moil.recipes import FullFineTune, HeadOnly, LoRA, MoIL, PeftLowRank, Student
+from moil.recipes import FullFineTune, HeadOnly, LoRA, MoIL, PeftLowRank, Student, TailDecay
 from moil.schedules import WarmupLinearDecay
 from moil.solvers import ALSFit, Gradient, SVDFit
 
@@ -161,7 +161,15 @@ def _schedule(lr: float, steps: int, warmup: float) -> WarmupLinearDecay:
 
 def build_recipe(arm: ArmSpec, task: str, lr: float, steps: int):
     """The recipe an arm names, with the reference optimiser (AdamW β=(0.9, 0.98),
-    warm-up then linear decay over ``steps``) at learning rate ``lr``."""
+    warm-up then linear decay over ``steps``) at learning rate ``lr``; wrapped in
+    :class:`~moil.recipes.TailDecay` when the arm has a ``tail_decay`` table."""
+    recipe = _arm_recipe(arm, task, lr, steps)
+    if arm.tail_decay is None:
+        return recipe
+    return TailDecay(recipe, arm.tail_decay.rank, arm.tail_decay.strength, arm.tail_decay.every)
+
+
+def _arm_recipe(arm: ArmSpec, task: str, lr: float, steps: int):
     opt = AdamW(lr=_schedule(lr, steps, arm.warmup), betas=(0.9, 0.98), weight_decay=arm.weight_decay)
     loss = TASK_LOSS[task]
     if arm.recipe == "head":

@@ -29,6 +29,7 @@ from moil.harness.config_checks import (
     non_negative_int,
     non_zero_scale,
     positive,
+    share,
     splits,
     stream_fits,
 )
@@ -40,7 +41,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = [
-    "ArmSpec", "Config", "ConfigError", "DataSpec", "ModelSpec", "StudentSpec", "TrainSpec",
+    "ArmSpec", "Config", "ConfigError", "DataSpec", "ModelSpec", "StudentSpec", "TailDecaySpec", "TrainSpec",
     "load_config", "loads_config", "config_dict", "dump_config", "parse_config",
 ]
 
@@ -87,6 +88,15 @@ class StudentSpec:
 
 
 @attrs.frozen
+class TailDecaySpec:
+    """The teacher's update beyond ``rank`` decays every ``every`` steps (:class:`moil.recipes.TailDecay`)."""
+
+    rank: int = attrs.field(default=8, validator=positive)
+    strength: float = attrs.field(default=1.0, validator=share)
+    every: int = attrs.field(default=1, validator=positive)
+
+
+@attrs.frozen
 class ArmSpec:
     """One arm of a comparison: a recipe and its hyper-parameters.
 
@@ -110,8 +120,12 @@ class ArmSpec:
     scale: float = attrs.field(default=1.0, validator=non_zero_scale)
     students: list[StudentSpec] = attrs.field(factory=lambda: [StudentSpec()])
     seeds: list[int] | None = attrs.field(default=None, validator=attrs.validators.optional(distinct))
+    tail_decay: TailDecaySpec | None = None
 
     def __attrs_post_init__(self) -> None:
+        if self.tail_decay is not None and self.recipe not in ("moil", "full"):
+            raise FieldError(f"tail_decay shapes a full-rank teacher, but recipe = {self.recipe!r} has none; "
+                             "use recipe = 'moil' or 'full', or remove [arms.tail_decay]", "tail_decay")
         names = [s.name for s in self.students]
         if self.recipe == "moil" and not names:
             raise FieldError(

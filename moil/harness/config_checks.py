@@ -93,6 +93,16 @@ def fraction(instance, attribute, value) -> None:
         )
 
 
+def share(instance, attribute, value) -> None:
+    """A share in ``(0, 1]``."""
+    if isinstance(value, bool) or not 0 < value <= 1:
+        raise FieldError(
+            f"{attribute.name} must be in (0, 1], got {attribute.name}={value!r}; e.g. {attribute.name} = 1 "
+            "(all of it) or 0.5 (half)",
+            attribute.name,
+        )
+
+
 def learning_rate(tasks: tuple[str, ...]):
     """A validator for ``lr``: a finite number > 0, a list of them (a sweep), or a task table."""
 

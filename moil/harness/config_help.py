@@ -86,6 +86,11 @@ HELP: dict[str, dict[str, str]] = {
                       "this many steps (0 = only at the end): the validation curve of `metrics.jsonl` and the "
                       "report's convergence table. Each point costs one forward over `val`.",
     },
+    "TailDecaySpec": {
+        "rank": "The rank the teacher's update is shaped for (a student's, e.g. the LowRank rank of equal size).",
+        "strength": "Share of the update's part beyond `rank` removed at each decay, in (0, 1] (1 = project onto rank).",
+        "every": "Steps between decays (each is one SVD per target).",
+    },
     "ArmSpec": {
         "name": "The arm's name in results and reports (unique within the config).",
         "recipe": "`moil` (students imitate a momentum target), `lora`, `full` (full fine-tuning), `head` "
@@ -104,6 +109,8 @@ HELP: dict[str, dict[str, str]] = {
         "scale": "The adapter's scale s (PEFT: lora_alpha = s·rank); non-zero.",
         "students": "The low-rank students, one [[arms.students]] table each; only students are stored.",
         "seeds": "This arm's seeds instead of `train.seeds` (e.g. `[0]` for the extra sizes of a stored-size curve).",
+        "tail_decay": "Shape the full-rank teacher for a rank-r student: an [arms.tail_decay] table (`rank`, "
+                      "`strength`, `every`) decays its update beyond rank r as it trains (unset = off).",
     },
     "StudentSpec": {
         "name": "The student's name (unique within its arm).",
@@ -150,6 +157,7 @@ APPLIES: dict[str, dict[str, Rule]] = {
         "approx": (lambda a: a.recipe == "lora", "`recipe = 'lora'`"),
         "rank": (lambda a: a.recipe == "lora" or a.recipe.startswith("peft-"), "`recipe` is `lora` or `peft-…`"),
         "scale": (lambda a: a.recipe == "lora" or a.recipe.startswith("peft-"), "`recipe` is `lora` or `peft-…`"),
+        "tail_decay": (lambda a: a.recipe in ("moil", "full"), "`recipe` is `moil` or `full`"),
     },
     "StudentSpec": {
         "transform_rank": (lambda s: s.approx == "hybrid", "`approx = 'hybrid'`"),

@@ -39,11 +39,14 @@ def _applies(cls: type, name: str, table: Any) -> bool:
 
 
 def _spec(tp: Any) -> type | None:
-    """The spec class a field holds (itself, or as list items), else ``None``."""
+    """The spec class a field holds (itself, as list items, or optional), else ``None``."""
     if attrs.has(tp):
         return tp
     if typing.get_origin(tp) is list and attrs.has(typing.get_args(tp)[0]):
         return typing.get_args(tp)[0]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        specs = [a for a in typing.get_args(tp) if attrs.has(a)]
+        return specs[0] if len(specs) == 1 else None
     return None
 
 
@@ -142,7 +145,9 @@ def _show_table(header: str, cls: type, table: Any, plain: dict) -> list[str]:
         value, items = getattr(table, name), plain.get(name)
         base = header.strip("[]")
         lines += ["", f"# {field_help(cls, name)}"]
-        if isinstance(value, list):
+        if value is None:
+            lines.append(f"# [{base}.{name}] (unset)")
+        elif isinstance(value, list):
             for i, (item, raw) in enumerate(zip(value, items)):
                 lines += [""] * bool(i) + _show_table(f"[[{base}.{name}]]", sub, item, raw)
         else:

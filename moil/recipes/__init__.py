@@ -12,7 +12,9 @@ recipe for another is the ablation interface:
 * :class:`FullFineTune` — the teacher alone (dense targets);
 * :class:`HeadOnly` — the task heads alone (the floor);
 * :class:`ImitateFixed` — students fitted to a fixed fine-tuned checkpoint;
-* :class:`PeftLowRank` — LoRA / DoRA / PiSSA trained through PEFT (a baseline).
+* :class:`PeftLowRank` — LoRA / DoRA / PiSSA trained through PEFT (a baseline);
+* :class:`TailDecay` — wraps MoIL or FullFineTune: the teacher's update beyond a
+  student's rank decays as it trains, so the student loses less of it.
 
 :func:`data_aware_refit` refits a trained recipe's students in the norm of their layers'
 real inputs (:mod:`moil.solvers.data_aware`).
@@ -28,6 +30,7 @@ from moil.recipes.moil import MoIL, MoILState
 from moil.recipes.peft_baseline import PeftLowRank, PeftLowRankState
 from moil.recipes.protocol import Recipe
 from moil.recipes.student import Student
+from moil.recipes.tail_decay import TailDecay, decay_tail
 from moil.recipes.task_step import TaskState, TaskStep, default_optimizer
 
 __all__ = [
@@ -48,8 +51,10 @@ __all__ = [
     "PeftLowRankState",
     "Recipe",
     "Student",
+    "TailDecay",
     "TaskState",
     "TaskStep",
     "data_aware_refit",
+    "decay_tail",
     "default_optimizer",
 ]
