@@ -8,15 +8,15 @@ never stopped (on the same device and threads).
 
 from __future__ import annotations
 
-import itertools
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from moil.batch_source import Batches, batch_source
 from moil.checkpoint import load_checkpoint, restore_state, save_checkpoint, split_state
 from moil.distributed import (
     active,
@@ -34,7 +34,6 @@ from moil.schedules import bind_run
 __all__ = ["CHECKPOINT", "evaluate", "first_non_finite", "load_state", "save_state", "step_seed", "train"]
 
 CHECKPOINT = "checkpoint.safetensors"
-Batches = Callable[[int], Mapping[str, Tensor]] | Iterable[Mapping[str, Tensor]]
 
 
 def save_state(path: str | Path, state: Any, metadata: Mapping[str, Any] | None = None,
@@ -112,8 +111,9 @@ def train(
       finalize: apply the recipe's end-of-training fits (e.g. a final SVD fit).
       validate: ``state -> {name: value}``, called after every ``validate_every``-th
         step (before the fits of ``finalize``); its values join that step's metrics
-        (``on_step``), e.g. a validation score for a learning curve. Steps run inside
-        ``torch.random.fork_rng``, so what ``validate`` draws never changes training.
+        (``on_step``), e.g. a validation score for a learning curve. It runs under its own
+        seed of ``(seed, step)`` inside ``torch.random.fork_rng``, so what it draws changes
+        neither training nor the caller's RNG, and a resumed run redraws it alike.
         Under torchrun it is called on every rank with that rank's state.
       validate_every: steps between ``validate`` calls (required with ``validate``).
 
@@ -127,8 +127,8 @@ def train(
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"train: steps must be an integer >= 0, got steps={steps!r}.")
     if (validate is None) != (validate_every is None):
-        raise ValueError("train: give validate and validate_every together (a function state -> metrics "
-                         f"and the steps between calls), got validate_every={validate_every!r}.")
+        raise ValueError("train: give validate (a function state -> metrics) and validate_every (the steps "
+                         f"between calls) together, got validate={validate!r}, validate_every={validate_every!r}.")
     if validate_every is not None and (isinstance(validate_every, bool) or not isinstance(validate_every, int)
                                        or validate_every < 1):
         raise ValueError(f"train: validate_every must be an integer >= 1, got validate_every={validate_every!r}.")
@@ -156,7 +156,7 @@ def train(
             raise ValueError(f"train: {path} is at step {state.step}, past steps={steps}; resume with "
                              f"steps >= {state.step}.")
     step_fn = torch.compile(recipe.step, dynamic=False) if compile else recipe.step
-    next_batch = _batch_source(batches, state.step)
+    next_batch = batch_source(batches, state.step)
     meta = {"seed": seed, "recipe": type(recipe).__name__}
     saved_at = time.monotonic()
 
@@ -180,7 +180,7 @@ def train(
                 with active(world):
                     state, metrics = step_fn(state, backbone, batch)
             if validate is not None and state.step % validate_every == 0:
-                metrics = {**metrics, **validate(state)}
+                metrics = _validated(validate, state, metrics, step_seed(seed, state.step) + VALIDATE_SEED)
             if on_step is not None:
                 on_step(state.step, metrics)
             if path is not None and (
@@ -208,6 +208,21 @@ def train(
     return recipe.finalize(state, backbone) if finalize else state
 
 
+VALIDATE_SEED = 104_729  # offsets validate's RNG stream from the step's
+
+
+def _validated(validate: Callable[[Any], Mapping[str, float]], state: Any, metrics: dict, rng_seed: int) -> dict:
+    """``metrics`` joined by ``validate(state)``'s, drawn under their own seed (the caller's
+    global RNG and the next step's are left as they were); a name both use is refused."""
+    with torch.random.fork_rng(devices=_cuda_devices()):
+        torch.manual_seed(rng_seed)
+        extra = dict(validate(state))
+    if clash := sorted(set(extra) & set(metrics)):
+        raise ValueError(f"train: validate returned {clash}, names the step's own metrics use; rename them "
+                         "(e.g. 'val/<name>').")
+    return {**metrics, **extra}
+
+
 def step_seed(seed: int, step: int) -> int:
     """The global-RNG seed used for ``step`` of a run seeded ``seed``."""
     return (seed * 1_000_003 + step * 7919 + 17) % 2**63
@@ -219,41 +234,6 @@ def _device_of(backbone: Any) -> torch.device:
 
 def _cuda_devices() -> list[int]:
     return [torch.cuda.current_device()] if torch.cuda.is_available() else []
-
-
-def _epochs(batches: Iterable[Mapping[str, Tensor]]) -> Iterator[Mapping[str, Tensor]]:
-    """Pass after pass over a re-iterable, epoch ``e`` announced by ``set_epoch(e)``."""
-    epoch = 0
-    while True:
-        for owner in (batches, getattr(batches, "sampler", None), getattr(batches, "batch_sampler", None)):
-            if callable(getattr(owner, "set_epoch", None)):
-                owner.set_epoch(epoch)
-        made = 0
-        for batch in batches:
-            made += 1
-            yield batch
-        if not made:
-            raise ValueError(f"train: pass {epoch} over the batches yielded nothing; give a non-empty iterable.")
-        epoch += 1
-
-
-def _batch_source(batches: Batches, start: int) -> Callable[[int], Mapping[str, Tensor]]:
-    if callable(batches):
-        return batches
-    # An iterator is used up by one pass; anything else (DataLoader, list) is passed over again.
-    source = iter(batches) if isinstance(batches, Iterator) else _epochs(batches)
-    iterator = itertools.islice(source, start, None)
-
-    def take(step: int) -> Mapping[str, Tensor]:
-        try:
-            return next(iterator)
-        except StopIteration:
-            raise ValueError(
-                f"train: the batch iterable ran out at step {step}; pass more batches, fewer "
-                "steps, or a function step -> batch."
-            ) from None
-
-    return take
 
 
 @torch.no_grad()

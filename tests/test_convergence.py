@@ -6,11 +6,11 @@ import json
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from moil.harness.config import parse_config
-from moil.harness.convergence import ArmCurve, run_metrics, validation_curves
+from moil.harness.convergence import ArmCurve, run_curve, run_metrics, validation_curves
 from moil.harness.grid import run_grid
 
 
@@ -18,7 +18,7 @@ def small() -> dict:
     return {
         "data": {"limit": 40},
         "model": {"family": "tiny"},
-        "train": {"steps": 4, "seeds": [0, 1], "tasks": ["itm"], "threads": 1, "eval_every": 2},
+        "train": {"steps": 5, "seeds": [0, 1], "tasks": ["itm"], "threads": 1, "eval_every": 2},
         "arms": [
             {"name": "lora", "recipe": "lora", "approx": "lowrank", "rank": 2, "lr": 1e-2},
             {"name": "moil", "recipe": "moil", "lr": 1e-2, "momentum": "half-life:2",
@@ -35,8 +35,9 @@ def grid(tmp_path_factory):
 
 @pytest.mark.slow
 def test_each_run_logs_its_trained_models_val_score_every_k_steps(grid):
-    """Steps 2 and 4 carry ``val/<candidate>/accuracy``: the MoIL run's teacher, the LoRA run's
-    stored student; the point at the last step equals the run's own val score."""
+    """5 steps, eval_every 2: steps 2 and 4 carry ``val/<candidate>/accuracy`` (the MoIL run's
+    teacher, the LoRA run's stored ``student/student``); the curve read back ends with the run's own
+    val score at step 5, and a point equals the candidate scored on val (its model did not change)."""
     results, out = grid
     for run in results["runs"]:
         candidate = "teacher" if run["arm"] == "moil" else run["primary"]
@@ -44,9 +45,11 @@ def test_each_run_logs_its_trained_models_val_score_every_k_steps(grid):
         rows = run_metrics(out, run)
         assert [r["step"] for r in rows if key in r] == [2, 4]
         assert all("task_loss" in r for r in rows)
-        last = next(r[key] for r in rows if r["step"] == 4 and key in r)
-        assert last == run["candidates"][candidate]["val"]["accuracy"]
-        assert run["curve"]["every"] == 2 and run["curve"]["val_rows"] > 0 and run["curve"]["seconds"] > 0
+        assert run["curve"]["candidate"] == candidate and run["curve"]["every"] == 2
+        assert run["curve"]["val_rows"] == 80 and run["curve"]["seconds"] > 0  # 40 images, a match + a mismatch each
+        read, points = run_curve(out, run)
+        assert read == candidate and sorted(points) == [2, 4, 5]
+        assert points[5] == run["candidates"][candidate]["val"]["accuracy"]
 
 
 @pytest.mark.slow
@@ -58,8 +61,8 @@ def test_the_reports_convergence_table_is_the_logged_curves(grid):
     curves = validation_curves(results, out)
     assert {c.arm for c in curves} == {"lora", "moil"}
     for c in curves:
-        assert c.steps == (2, 4) and set(c.seeds) == {0, 1}
-        for i, step in enumerate(c.steps):
+        assert c.steps == (2, 4, 5) and {seed for seed, _ in c.seeds} == {0, 1} and c.runs == 2
+        for i, step in enumerate(c.steps[:-1]):
             logged = []
             for run in results["runs"]:
                 if run["arm"] == c.arm:
@@ -70,22 +73,33 @@ def test_the_reports_convergence_table_is_the_logged_curves(grid):
         section = report.split("## Convergence: validation curves", 1)[1]
         row = next(line for line in section.splitlines() if line.startswith(f"| itm (accuracy) | {c.arm} |"))
         assert ", ".join(f"{s}: {v:.4f}" for s, v in zip(c.steps, c.mean)) in row
-        assert f"{c.rise:+.4f}" in row and f"{c.standard_error:.4f}" in row
+        assert f"{c.rise:+.4f}" in row and f"{c.standard_error:.4f}" in row and "| 2/2 |" in row
 
 
 values = st.floats(0.0, 1.0, allow_nan=False)
 
 
+def curve(points, rows=1000, seeds=1):
+    steps = tuple(10 * (i + 1) for i in range(len(points)))
+    return ArmCurve("itm", "a", "teacher", "accuracy", steps, tuple((s, tuple(points)) for s in range(seeds)),
+                    rows, seeds)
+
+
 @given(st.lists(values, min_size=3, max_size=12), st.integers(1, 5000))
 def test_rise_is_the_last_point_over_the_best_of_the_first_two_thirds(points, rows):
     """Law: rise = v̄(T) − max_{t ≤ 2T/3} v̄(t); flat ⇔ rise ≤ √(v̄(T)(1 − v̄(T))/n)."""
-    steps = tuple(10 * (i + 1) for i in range(len(points)))
-    curve = ArmCurve("itm", "a", "teacher", "accuracy", steps, {0: tuple(points)}, rows)
-    early = [v for s, v in zip(steps, points) if s <= 2 * steps[-1] / 3]
-    assert curve.rise == points[-1] - max(early)
-    se = math.sqrt(points[-1] * (1 - points[-1]) / rows)
-    assert curve.standard_error == pytest.approx(se)
-    assert curve.converged == (curve.rise <= curve.standard_error)
+    c = curve(points, rows)
+    early = [v for s, v in zip(c.steps, points) if s <= 2 * c.steps[-1] / 3]
+    assert c.rise == points[-1] - max(early)
+    assert c.standard_error == pytest.approx(math.sqrt(points[-1] * (1 - points[-1]) / rows))
+    assert c.converged == (c.rise <= c.standard_error)
+
+
+@given(values, st.integers(3, 10), st.integers(1, 5))
+def test_a_constant_curve_is_flat(level, length, seeds):
+    """Law: a curve that never moves has rise 0 ≤ se: flat, whatever its level and seeds."""
+    c = curve([level] * length, seeds=seeds)
+    assert c.rise == 0.0 and c.converged is True and c.mean == pytest.approx((level,) * length)
 
 
 @given(st.lists(values, min_size=3, max_size=8), st.floats(0.02, 0.5))
@@ -94,9 +108,31 @@ def test_a_curve_still_climbing_by_more_than_its_noise_is_not_flat(points, climb
     (1/(2√n) at p = ½) above every earlier point makes the arm not converged."""
     rows = 10_000  # se ≤ 0.005 < climb
     top = max(points[:-1])
-    last = min(1.0, top + climb)
-    if last - top <= 1 / (2 * math.sqrt(rows)):
-        return
-    steps = tuple(range(1, len(points) + 1))
-    curve = ArmCurve("itm", "a", "teacher", "accuracy", steps, {0: (*points[:-1], last), 1: (*points[:-1], last)}, rows)
-    assert curve.converged is False
+    assume(top + climb <= 1.0)
+    c = curve([*points[:-1], top + climb], rows, seeds=2)
+    assert c.converged is False
+
+
+def test_curves_read_back_names_with_slashes_a_missing_seed_and_the_runs_last_step(tmp_path):
+    """Read from metrics.jsonl alone (results without a recorded candidate): a ``student/student``
+    curve, steps 3 and 6 of a 7-step run plus its val score at 7; a third seed without a curve
+    leaves the arm without a verdict (n = 2 of 3), and seeds ending at other steps have no common curve."""
+    runs = []
+    for seed, logged in ((0, {3: 0.5, 6: 0.7}), (1, {3: 0.6, 6: 0.8}), (2, None)):
+        folder = tmp_path / f"runs/itm/lora/seed{seed}"
+        folder.mkdir(parents=True)
+        lines = [{"step": s, "task_loss": 0.1, **({"val/student/student/accuracy": logged[s]}
+                                                  if logged and s in logged else {})} for s in range(1, 8)]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        runs.append({"task": "itm", "arm": "lora", "seed": seed, "steps": 7, "metric": "accuracy",
+                     "folder": f"runs/itm/lora/seed{seed}",
+                     "candidates": {"student/student": {"val": {"accuracy": 0.75 + seed / 100}}}})
+    (c,) = validation_curves({"runs": runs}, tmp_path)
+    assert (c.candidate, c.steps, c.runs, len(c.seeds)) == ("student/student", (3, 6, 7), 3, 2)
+    assert c.mean == pytest.approx((0.55, 0.75, 0.755))
+    assert c.converged is None and not c.complete
+    (c2,) = validation_curves({"runs": runs[:2]}, tmp_path)
+    assert c2.complete and c2.rise == pytest.approx(0.755 - 0.55)
+    runs[1] = {**runs[1], "steps": 6}
+    (c3,) = validation_curves({"runs": runs[:2]}, tmp_path)
+    assert c3.steps == () and c3.rise is None and c3.converged is None

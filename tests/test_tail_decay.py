@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from vilt_batches import make_batches
 
 from moil.approx import LowRank
 from moil.backbones import vilt
@@ -16,7 +17,6 @@ from moil.recipes import FullFineTune, LoRA, MoIL, Student, TailDecay, decay_tai
 from moil.solvers import SVDFit
 from moil.testing.strategies import weight_shapes, weights
 from moil.train import train
-from vilt_batches import make_batches
 
 TASK = ImageTextMatching()
 OPT = AdamW(lr=1e-2)

@@ -125,3 +125,24 @@ def test_validate_joins_every_kth_steps_metrics_and_never_changes_training(backb
 def test_validate_needs_a_function_and_a_positive_period(backbone, kwargs):
     with pytest.raises(ValueError, match="validate"):
         train(FullFineTune(TASK, optimizer=OPT), backbone, batches(1), steps=1, **kwargs)
+
+
+def test_validate_leaves_the_callers_rng_and_may_not_shadow_a_step_metric(backbone):
+    """validate draws under its own (seed, step) seed: the caller's global RNG is untouched and
+    two runs draw the same values; a name the step already logs (task_loss) is refused."""
+    drawn = []
+
+    def validate(state):
+        drawn.append(float(torch.rand(())))
+        return {"val/x": drawn[-1]}
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train(FullFineTune(TASK, optimizer=OPT), backbone, batches(2), steps=2, validate=validate, validate_every=1)
+    assert torch.equal(torch.rand(3), expected)
+    train(FullFineTune(TASK, optimizer=OPT), backbone, batches(2), steps=2, validate=validate, validate_every=1)
+    assert drawn[:2] == drawn[2:] and drawn[0] != drawn[1]
+    with pytest.raises(ValueError, match=r"validate returned \['task_loss'\]"):
+        train(FullFineTune(TASK, optimizer=OPT), backbone, batches(1), steps=1,
+              validate=lambda s: {"task_loss": 0.0}, validate_every=1)

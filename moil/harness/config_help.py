@@ -82,9 +82,10 @@ HELP: dict[str, dict[str, str]] = {
         "checkpoint_every": "Also checkpoint every this many steps (0 = only when a run ends or is stopped): "
                             "bounds what a killed worker loses in long runs.",
         "eval_splits": "Splits every (non-sweep) run is scored on; sweeps always use `val`.",
-        "eval_every": "Score each run's trained model (the MoIL teacher, else the stored candidate) on `val` every "
-                      "this many steps (0 = only at the end): the validation curve of `metrics.jsonl` and the "
-                      "report's convergence table. Each point costs one forward over `val`.",
+        "eval_every": "Score each run's trained model (a teacher where the recipe has one, else the stored "
+                      "candidate) on `val` every this many steps (0 = only at the end), sweep runs included: the "
+                      "validation curve of `metrics.jsonl` and the report's convergence table. Each point is one "
+                      "forward over `val` in training-size batches (not counted in `train s`).",
     },
     "TailDecaySpec": {
         "rank": "The rank the teacher's update is shaped for (a student's, e.g. the LowRank rank of equal size).",

@@ -29,7 +29,8 @@ from matplotlib.figure import Figure
 from moil.harness.size_curves import Curve
 
 __all__ = [
-    "StudentDistance", "loss_figure", "validation_figure", "distance_figure", "spectrum_figure", "size_figure", "numerical_rank", "smooth",
+    "StudentDistance", "loss_figure", "validation_figure", "distance_figure", "spectrum_figure", "size_figure",
+    "numerical_rank", "smooth",
 ]
 
 TITLE_WIDTH = 76  # characters a title line holds at the figures' width and font size (≤ 10 pt)
@@ -77,7 +78,9 @@ def loss_figure(task: str, series: dict[str, list[list[float]]]) -> Figure:
     return fig
 
 
-def validation_figure(task: str, metric: str, curves: list[tuple[str, list[int], dict[int, list[float]]]]) -> Figure:
+def validation_figure(
+    task: str, metric: str, curves: list[tuple[str, list[int], dict[int, list[float]]]]
+) -> Figure:
     """``curves``: ``(label, steps, {seed: values})`` per arm; the mean line, seeds faint."""
     fig = _figure()
     ax = fig.subplots()

@@ -29,7 +29,7 @@ from moil.harness.plots import (
 )
 from moil.harness.size_curves import has_curve, size_curves
 
-__all__ = ["write_report", "table_markdown", "caveat", "CANDIDATE_LABELS", "MEANINGFUL_STEPS"]
+__all__ = ["write_report", "table_markdown", "caveat", "candidate_label", "CANDIDATE_LABELS", "MEANINGFUL_STEPS"]
 
 MEANINGFUL_STEPS = 50  # fewer training steps a run: a check that everything runs, not a comparison
 
@@ -37,7 +37,11 @@ CANDIDATE_LABELS = {"teacher": "teacher (= full fine-tuning)", "heads": "heads o
 
 
 def _label(row: dict) -> str:
-    name = row["candidate"]
+    return candidate_label(row["candidate"])
+
+
+def candidate_label(name: str) -> str:
+    """How the report names a candidate (``teacher (= full fine-tuning)``, ``momentum target m0``)."""
     if name.startswith("target/"):
         return f"momentum target {name.split('/', 1)[1]}"
     return CANDIDATE_LABELS.get(name, name)
@@ -150,25 +154,29 @@ def _convergence_section(out: Path, results: dict) -> list[str]:
     if not curves:
         return []
     lines = ["## Convergence: validation curves", "",
-             ("Each arm's trained model (the MoIL teacher, else the stored candidate) scored on val every "
-              "`train.eval_every` steps, mean over seeds; the last point is the run's own val score. *Rise* is "
-              "the last point minus the best point in the first two thirds of the run; an arm is flat when "
-              "the rise is at most one standard error of a val score (√(p(1−p)/n), n val rows)."), "",
-             "| task | arm | model | val (step: mean over seeds) | rise over the last third | standard error | flat |",
-             "| --- | --- | --- | --- | ---: | ---: | --- |"]
+             ("Each arm's trained model (a teacher where the recipe has one, else the stored candidate) scored "
+              "on val every `train.eval_every` steps, mean over the seeds with a curve (n of the arm's runs); "
+              "the last point is the run's own val score. *Rise* is the last point minus the best point in the "
+              "first two thirds of the run. An arm is called flat when the rise is at most one standard error "
+              "of a val score, √(p(1−p)/n) on n val rows: a heuristic threshold (the points share the val rows; "
+              "the maximum over early points leans towards flat), not a test."), "",
+             "| task | arm | model | n | val (step: mean over seeds) | rise over the last third | standard error | flat |",
+             "| --- | --- | --- | ---: | --- | ---: | ---: | --- |"]
     for c in curves:
-        points = ", ".join(f"{s}: {v:.4f}" for s, v in zip(c.steps, c.mean))
+        points = ", ".join(f"{s}: {v:.4f}" for s, v in zip(c.steps, c.mean)) or "— (seeds end at other steps)"
         rise = "—" if c.rise is None else f"{c.rise:+.4f}"
         se = "—" if c.standard_error is None else f"{c.standard_error:.4f}"
         flat = {True: "yes", False: "**no**", None: "—"}[c.converged]
-        lines.append(f"| {c.task} ({c.metric}) | {c.arm} | {_label({'candidate': c.candidate})} | {points} "
-                     f"| {rise} | {se} | {flat} |")
+        lines.append(f"| {c.task} ({c.metric}) | {c.arm} | {candidate_label(c.candidate)} | {len(c.seeds)}/{c.runs} "
+                     f"| {points} | {rise} | {se} | {flat} |")
     files = []
     for task in sorted({c.task for c in curves}):
-        mine = [c for c in curves if c.task == task]
-        fig = validation_figure(task, mine[0].metric, [(f"{c.arm} · {_label({'candidate': c.candidate})}",
-                                                        list(c.steps), {s: list(v) for s, v in c.seeds.items()})
-                                                       for c in mine])
+        mine = [c for c in curves if c.task == task and c.steps]
+        if not mine:
+            continue
+        fig = validation_figure(task, mine[0].metric, [
+            (f"{c.arm} · {candidate_label(c.candidate)}", list(c.steps), {s: list(v) for s, v in c.seeds})
+            for c in mine])
         fig.savefig(out / f"val-{task}.png", dpi=110)
         files.append(f"val-{task}.png")
     return [*lines, "", *(f"![{f}]({f})" for f in files), ""]

@@ -30,7 +30,7 @@ from moil.harness.imitation import imitation_report
 from moil.harness.memory import PeakMemory
 from moil.harness.metrics_log import MetricsLog
 from moil.harness.run_folder import MANIFEST, hold, plan_run, run_manifest, write_json
-from moil.harness.scoring import PRIMARY_METRIC, score, ValidationCurve
+from moil.harness.scoring import PRIMARY_METRIC, ValidationCurve, score
 from moil.train import CHECKPOINT, train
 
 __all__ = ["CHECKPOINT_SECONDS", "check_run", "discard_run", "run_one", "save_students"]
@@ -125,16 +125,16 @@ def run_one(
 
 def _train_and_score(config, arm, task, seed, lr, recipe, backbone, data, run_dir, steps, splits, on_step,
                      resume, keep_checkpoint, main: bool = True) -> dict[str, Any]:
+    # The curve's batches are made before the peak-memory window opens; its points run inside it.
+    every = config.train.eval_every or None
+    curve = ValidationCurve.of(recipe, backbone, config, data, task) if every and main else None
+    curve_seconds = 0.0
     with MetricsLog(run_dir / "metrics.jsonl", resume) if main else nullcontext() as log, PeakMemory() as memory:
         def record(step: int, metrics: dict) -> None:
             if log is not None:
                 log.write(step, metrics)
             if on_step is not None:
                 on_step(step, metrics)
-
-        every = config.train.eval_every or None
-        curve = ValidationCurve.of(recipe, backbone, config, data, task) if every and main else None
-        curve_seconds = 0.0
 
         def validate(state: Any) -> dict:
             nonlocal curve_seconds  # kept out of train_seconds: the curve is measurement, not training
@@ -148,7 +148,8 @@ def _train_and_score(config, arm, task, seed, lr, recipe, backbone, data, run_di
             recipe, backbone, train_stream(data, task, config.data.batch_size, seed, device_of(config)),
             steps=steps, seed=seed, run_dir=run_dir, resume=resume, on_step=record,
             checkpoint_every=config.train.checkpoint_every or None, checkpoint_seconds=CHECKPOINT_SECONDS,
-            precision=config.train.precision, validate=validate if curve else None, validate_every=every if curve else None,
+            precision=config.train.precision, validate=None if curve is None else validate,
+            validate_every=None if curve is None else every,
         )
         seconds = time.perf_counter() - started - curve_seconds
     if not main:
@@ -166,6 +167,7 @@ def _train_and_score(config, arm, task, seed, lr, recipe, backbone, data, run_di
         "imitation": imitation_report(recipe, state, backbone),
     }
     if curve is not None:
-        result["curve"] = {"every": every, "val_rows": curve.rows, "seconds": curve_seconds}
+        result["curve"] = {"every": every, "candidate": curve.candidate(state)[0], "val_rows": curve.rows,
+                           "seconds": curve_seconds}
     write_json(run_dir / "results.json", result)
     return result

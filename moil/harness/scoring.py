@@ -20,7 +20,7 @@ from moil.harness.config import Config
 from moil.objectives import itm_accuracy, recall_at_k, vqa_score
 from moil.train import evaluate
 
-__all__ = ["METRICS", "PRIMARY_METRIC", "curve_key", "family_metrics", "score", "ValidationCurve"]
+__all__ = ["METRICS", "PRIMARY_METRIC", "ValidationCurve", "curve_candidate", "curve_key", "family_metrics", "score"]
 
 PRIMARY_METRIC = {"itm": "accuracy", "vqa": "vqa_score", "retrieval": "mean_recall", "nlvr2": "accuracy"}
 RECALL_AT = (1, 5, 10)
@@ -103,14 +103,25 @@ def curve_key(candidate: str, metric: str) -> str:
     return f"val/{candidate}/{metric}"
 
 
+def curve_candidate(key: str, metric: str) -> str | None:
+    """The candidate of a :func:`curve_key` of ``metric`` (names may hold ``/``), else ``None``."""
+    head, tail = "val/", f"/{metric}"
+    if key.startswith(head) and key.endswith(tail) and len(key) > len(head) + len(tail):
+        return key[len(head): -len(tail)]
+    return None
+
+
 @attrs.frozen(eq=False)
 class ValidationCurve:
     """``state -> {curve_key(candidate, metric): value}``: the primary metric on ``val`` of
-    the model the run trains — the MoIL teacher (its students are fits of it), else the
-    stored candidate — for ``moil.train.train(validate=...)``. The batches are made once.
+    the model the run trains — a teacher where the state has one (MoIL's: its students are
+    fits of it), else the recipe's stored candidate — for ``moil.train.train(validate=...)``.
+
+    The batches are made once, of the training batch size, so a point's forward needs no
+    more memory than a training step.
 
     Attributes:
-      rows: how many ``val`` rows each point scores (its standard error is ``√(p(1−p)/rows)``).
+      rows: how many ``val`` rows each point scores.
     """
 
     recipe: Any
@@ -119,8 +130,9 @@ class ValidationCurve:
     task: str
 
     @classmethod
-    def of(cls, recipe: Any, backbone: Any, config: Config, data: Any, task: str) -> "ValidationCurve":
-        batches = eval_batches(data, "val", task, config.data.eval_batch_size, device_of(config))
+    def of(cls, recipe: Any, backbone: Any, config: Config, data: Any, task: str) -> ValidationCurve:
+        """The curve of ``recipe`` on ``data``'s ``val`` split for ``task``."""
+        batches = eval_batches(data, "val", task, config.data.batch_size, device_of(config))
         return cls(recipe, backbone, batches, task)
 
     @property
@@ -129,10 +141,15 @@ class ValidationCurve:
 
     @property
     def rows(self) -> int:
-        return sum(len(next(iter(b.values()))) for b in self.batches)
+        return sum(max(v.shape[0] for v in b.values() if v.ndim) for b in self.batches)
+
+    def candidate(self, state: Any) -> tuple[str, dict]:
+        """``(name, overrides)`` of the model a point scores."""
+        if hasattr(state, "teacher") and hasattr(state, "heads"):
+            return "teacher", {**state.teacher, **state.heads}  # no student merged for it
+        return self.recipe.primary, self.recipe.candidates(state, self.backbone)[self.recipe.primary]
 
     def __call__(self, state: Any) -> dict[str, float]:
-        candidates = self.recipe.candidates(state, self.backbone)
-        name = "teacher" if "teacher" in candidates else self.recipe.primary
-        metrics = {self.metric: METRICS[self.task][self.metric]}
-        return {curve_key(name, self.metric): evaluate(self.backbone, candidates[name], self.batches, metrics)[self.metric]}
+        name, params = self.candidate(state)
+        score = evaluate(self.backbone, params, self.batches, {self.metric: METRICS[self.task][self.metric]})
+        return {curve_key(name, self.metric): score[self.metric]}

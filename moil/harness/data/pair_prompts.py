@@ -12,8 +12,8 @@ Statement phrasings hold one ``{}`` for the value word, so a statement and its h
 differ in exactly that word ("the sum of the two digits is seven" / "... is nine").
 Question phrasings hold none; the answer is ``values[value(a, b)]``. A held-out (test)
 question keeps a word that names its family in the training phrasings ("sum", "larger",
-"smaller", "odd") and rewords the rest: test then measures new wording around a known
-relation, not synonym transfer ("how much are the two numbers together?" scored 0.03 after
+"smaller", "odd") and rewords the rest (at least three words differ from every training
+phrasing): test then measures new wording around a known relation, not synonym transfer ("how much are the two numbers together?" scored 0.03 after
 full fine-tuning).
 
 ``same_class_half``: the family draws a partner of the same class for exactly half of its
@@ -105,15 +105,15 @@ STATEMENTS = (
 QUESTIONS = (
     PairFamily("sum", PromptSet((
         "what is the sum of the two digits?", "what do the two digits add up to?",
-        "what is the total of the two digits?", "what is the sum of the two numbers?",
+        "what is the total of the two digits?", "these numbers have what sum?",
     )), NUMBER_WORDS, _sum),
     PairFamily("larger", PromptSet((
         "what is the larger digit?", "which is the bigger of the two digits?",
-        "what is the largest of the two numbers?", "which of the two digits is larger?",
+        "what is the largest of the two numbers?", "of these numbers, which one is larger?",
     )), NUMBER_WORDS[:10], _larger),
     PairFamily("smaller", PromptSet((
         "what is the smaller digit?", "which is the lesser of the two digits?",
-        "what is the smallest of the two numbers?", "which of the two digits is smaller?",
+        "what is the smallest of the two numbers?", "of these numbers, which one is smaller?",
     )), NUMBER_WORDS[:10], _smaller),
     PairFamily("odd-count", PromptSet((
         "how many of the two digits are odd?", "how many odd digits are there?",
