@@ -11,7 +11,7 @@ from moil.approx import Adapter
 from moil.autodiff import leaf_gradients
 from moil.objectives import imitation_loss, squared_frobenius_distance
 from moil.optim import AdamState, AdamW
-from moil.solvers.frobenius_gradient import closed_form_weights, frobenius_gradient
+from moil.solvers.frobenius_gradient import closed_form_weights, differences, frobenius_gradient
 
 __all__ = ["Gradient"]
 
@@ -62,8 +62,10 @@ class Gradient:
         """
         lr = None if step is None else optimizer.learning_rate(step)
         weight = closed_form_weights(self.loss, adapter)
+        # Δ = T − W0 once for all k steps (one more copy of the targets held meanwhile).
+        deltas = differences(adapter, base, target) if weight and self.steps > 1 else None
         for _ in range(self.steps):
-            closed = weight and frobenius_gradient(adapter, base, params, target, weight)
+            closed = weight and frobenius_gradient(adapter, base, params, target, weight, deltas)
             if closed:
                 grads, value, squared = closed
             else:
