@@ -110,3 +110,17 @@ def test_a_tail_decay_table_on_a_recipe_without_a_teacher_is_refused():
         parse_config({"arms": [{"name": "m", "recipe": "full", "tail_decay": {"strength": 2.0}}]})
     arm = parse_config({"arms": [{"name": "m", "recipe": "full", "tail_decay": {"rank": 4, "every": 5}}]}).arms[0]
     assert (arm.tail_decay.rank, arm.tail_decay.strength, arm.tail_decay.every) == (4, 1.0, 5)
+
+
+def test_the_report_never_calls_a_decayed_teacher_plain_full_fine_tuning():
+    from moil.harness.report import candidate_label, table_markdown, tail_decayed
+
+    results = {"config": {"arms": [{"name": "shaped", "tail_decay": {"rank": 11}}, {"name": "moil"}]}}
+    decayed = tail_decayed(results)
+    assert decayed == {"shaped": 11}
+    assert candidate_label("teacher", decayed.get("shaped")) == "teacher (full fine-tuning, tail beyond rank 11 decayed)"
+    assert candidate_label("teacher", decayed.get("moil")) == "teacher (= full fine-tuning)"
+    row = {"task": "nlvr2", "metric": "accuracy", "arm": "shaped", "candidate": "teacher", "primary": False,
+           "test_mean": 0.8, "test_std": 0.0, "seeds": 1, "val_mean": None, "lr": 3e-4, "stored_parameters": 1,
+           "percent_of_model": 1.0, "train_seconds": 1.0, "peak_memory_mib": 1.0}
+    assert "tail beyond rank 11 decayed" in table_markdown([row], decayed)

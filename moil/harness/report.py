@@ -29,19 +29,28 @@ from moil.harness.plots import (
 )
 from moil.harness.size_curves import has_curve, size_curves
 
-__all__ = ["write_report", "table_markdown", "caveat", "candidate_label", "CANDIDATE_LABELS", "MEANINGFUL_STEPS"]
+__all__ = ["write_report", "table_markdown", "caveat", "candidate_label", "tail_decayed", "CANDIDATE_LABELS",
+           "MEANINGFUL_STEPS"]
 
 MEANINGFUL_STEPS = 50  # fewer training steps a run: a check that everything runs, not a comparison
 
 CANDIDATE_LABELS = {"teacher": "teacher (= full fine-tuning)", "heads": "heads only"}
 
 
-def _label(row: dict) -> str:
-    return candidate_label(row["candidate"])
+def _label(row: dict, decayed: dict[str, int] | None = None) -> str:
+    return candidate_label(row["candidate"], (decayed or {}).get(row["arm"]))
 
 
-def candidate_label(name: str) -> str:
-    """How the report names a candidate (``teacher (= full fine-tuning)``, ``momentum target m0``)."""
+def tail_decayed(results: dict) -> dict[str, int]:
+    """``{arm: rank}`` of the arms whose teacher's update tail was decayed (``[arms.tail_decay]``)."""
+    return {a["name"]: a["tail_decay"]["rank"] for a in results.get("config", {}).get("arms", []) if a.get("tail_decay")}
+
+
+def candidate_label(name: str, decayed_rank: int | None = None) -> str:
+    """How the report names a candidate (``teacher (= full fine-tuning)``, ``momentum target m0``);
+    a teacher whose update's tail beyond rank ``decayed_rank`` was decayed says so."""
+    if name == "teacher" and decayed_rank is not None:
+        return f"teacher (full fine-tuning, tail beyond rank {decayed_rank} decayed)"
     if name.startswith("target/"):
         return f"momentum target {name.split('/', 1)[1]}"
     return CANDIDATE_LABELS.get(name, name)
@@ -59,9 +68,9 @@ def _per_seed(row: dict) -> str:
     return ", ".join(f"{seed}: {value:.4f}" for seed, value in by_seed.items()) or "—"
 
 
-def table_markdown(summary: list[dict]) -> str:
+def table_markdown(summary: list[dict], decayed: dict[str, int] | None = None) -> str:
     """The results table: one row per task × arm × candidate (a ``val`` column when
-    the runs were scored on it)."""
+    the runs were scored on it); ``decayed``: :func:`tail_decayed`."""
     val = any(row["val_mean"] is not None for row in summary)
     lines = [
         "| task | arm | candidate | test (mean ± std) | test per seed |" + (" val |" if val else "")
@@ -71,7 +80,7 @@ def table_markdown(summary: list[dict]) -> str:
     for row in summary:
         star = " **(stored)**" if row["primary"] else ""
         lines.append(
-            f"| {row['task']} ({row['metric']}) | {row['arm']} | {_label(row)}{star} "
+            f"| {row['task']} ({row['metric']}) | {row['arm']} | {_label(row, decayed)}{star} "
             f"| {_fmt(row['test_mean'], row['test_std'], row['seeds'])} | {_per_seed(row)} "
             + (f"| {_fmt(row['val_mean'], 0.0, 1)} " if val else "")
             + f"| {row['lr']:g} "
@@ -150,7 +159,7 @@ def _size_section(out: Path, results: dict, tasks: list[str]) -> list[str]:
 def _convergence_section(out: Path, results: dict) -> list[str]:
     """The validation-curve table (every point, the rise over the last third, its verdict)
     and a ``val-<task>.png`` per task; ``[]`` when no run logged a curve (``train.eval_every``)."""
-    curves = validation_curves(results, out)
+    curves, decayed = validation_curves(results, out), tail_decayed(results)
     if not curves:
         return []
     lines = ["## Convergence: validation curves", "",
@@ -167,7 +176,7 @@ def _convergence_section(out: Path, results: dict) -> list[str]:
         rise = "—" if c.rise is None else f"{c.rise:+.4f}"
         se = "—" if c.standard_error is None else f"{c.standard_error:.4f}"
         flat = {True: "yes", False: "**no**", None: "—"}[c.converged]
-        lines.append(f"| {c.task} ({c.metric}) | {c.arm} | {candidate_label(c.candidate)} | {len(c.seeds)}/{c.runs} "
+        lines.append(f"| {c.task} ({c.metric}) | {c.arm} | {candidate_label(c.candidate, decayed.get(c.arm))} | {len(c.seeds)}/{c.runs} "
                      f"| {points} | {rise} | {se} | {flat} |")
     files = []
     for task in sorted({c.task for c in curves}):
@@ -175,7 +184,7 @@ def _convergence_section(out: Path, results: dict) -> list[str]:
         if not mine:
             continue
         fig = validation_figure(task, mine[0].metric, [
-            (f"{c.arm} · {candidate_label(c.candidate)}", list(c.steps), {s: list(v) for s, v in c.seeds})
+            (f"{c.arm} · {candidate_label(c.candidate, decayed.get(c.arm))}", list(c.steps), {s: list(v) for s, v in c.seeds})
             for c in mine])
         fig.savefig(out / f"val-{task}.png", dpi=110)
         files.append(f"val-{task}.png")
@@ -259,7 +268,10 @@ def write_report(results: dict[str, Any], out: str | Path) -> Path:
         "CUDA: peak allocated); the allocator reuses freed memory, so compare peaks with "
         "`benchmarks/step_cost.py`, which measures each arm in a fresh process.",
         "",
-        table_markdown(results["summary"]),
+        *([f"Arms with `[arms.tail_decay]` ({', '.join(tail_decayed(results))}) train a teacher whose update "
+            "beyond the given rank decays as it trains (`moil.recipes.TailDecay`): their teacher is not "
+            "plain full fine-tuning.", ""] if tail_decayed(results) else []),
+        table_markdown(results["summary"], tail_decayed(results)),
         "",
         *_convergence_section(out, results),
         *_size_section(out, results, tasks),
