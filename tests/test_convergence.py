@@ -50,6 +50,11 @@ def test_each_run_logs_its_trained_models_val_score_every_k_steps(grid):
         read, points = run_curve(out, run)
         assert read == candidate and sorted(points) == [2, 4, 5]
         assert points[5] == run["candidates"][candidate]["val"]["accuracy"]
+        logged = {r["step"]: r[key] for r in rows if key in r}
+        assert run["curve"]["points"] == {str(s): v for s, v in logged.items()}  # results.json alone suffices
+        (out / run["folder"] / "metrics.jsonl").rename(out / run["folder"] / "metrics.moved")
+        assert run_curve(out, run) == (read, points)
+        (out / run["folder"] / "metrics.moved").rename(out / run["folder"] / "metrics.jsonl")
 
 
 @pytest.mark.slow

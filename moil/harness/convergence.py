@@ -101,9 +101,14 @@ class ArmCurve:
 
 def run_curve(out: Path, run: dict) -> tuple[str, dict[int, float]] | None:
     """``(candidate, {step: value})`` of one run's curve, its ``results.json`` val score at
-    its last step; ``None`` when it logged none."""
-    metric, rows = run["metric"], run_metrics(out, run)
-    candidate = run.get("curve", {}).get("candidate")
+    its last step; ``None`` when it logged none. The points come from ``results.json``
+    (``curve.points``) or, for results written before it held them, ``metrics.jsonl``."""
+    metric, recorded = run["metric"], run.get("curve", {})
+    if recorded.get("points") and recorded.get("candidate"):
+        points = {int(step): value for step, value in recorded["points"].items()}
+        return recorded["candidate"], _with_final(points, run, recorded["candidate"], metric)
+    rows = run_metrics(out, run)
+    candidate = recorded.get("candidate")
     if candidate is None:  # results written before the candidate was recorded: read the keys
         found = sorted({c for r in rows for k in r if (c := curve_candidate(k, metric)) is not None})
         if len(found) != 1:
@@ -111,12 +116,12 @@ def run_curve(out: Path, run: dict) -> tuple[str, dict[int, float]] | None:
         candidate = found[0]
     key = curve_key(candidate, metric)
     points = {r["step"]: r[key] for r in rows if key in r}
-    if not points:
-        return None
+    return (candidate, _with_final(points, run, candidate, metric)) if points else None
+
+
+def _with_final(points: dict[int, float], run: dict, candidate: str, metric: str) -> dict[int, float]:
     final = run["candidates"].get(candidate, {}).get("val", {}).get(metric)
-    if final is not None:
-        points[run["steps"]] = final
-    return candidate, points
+    return points if final is None else {**points, run["steps"]: final}
 
 
 def validation_curves(results: dict[str, Any], out: str | Path) -> list[ArmCurve]:

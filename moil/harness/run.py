@@ -128,7 +128,7 @@ def _train_and_score(config, arm, task, seed, lr, recipe, backbone, data, run_di
     # The curve's batches are made before the peak-memory window opens; its points run inside it.
     every = config.train.eval_every or None
     curve = ValidationCurve.of(recipe, backbone, config, data, task) if every and main else None
-    curve_seconds = 0.0
+    curve_seconds, curve_points = 0.0, {}
     with MetricsLog(run_dir / "metrics.jsonl", resume) if main else nullcontext() as log, PeakMemory() as memory:
         def record(step: int, metrics: dict) -> None:
             if log is not None:
@@ -141,6 +141,7 @@ def _train_and_score(config, arm, task, seed, lr, recipe, backbone, data, run_di
             began = time.perf_counter()
             points = curve(state)
             curve_seconds += time.perf_counter() - began
+            curve_points.update({str(state.step): v for v in points.values()})  # results.json carries them too
             return points
 
         started = time.perf_counter()
@@ -168,6 +169,6 @@ def _train_and_score(config, arm, task, seed, lr, recipe, backbone, data, run_di
     }
     if curve is not None:
         result["curve"] = {"every": every, "candidate": curve.candidate(state)[0], "val_rows": curve.rows,
-                           "seconds": curve_seconds}
+                           "seconds": curve_seconds, "points": curve_points}
     write_json(run_dir / "results.json", result)
     return result
