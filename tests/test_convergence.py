@@ -141,3 +141,20 @@ def test_curves_read_back_names_with_slashes_a_missing_seed_and_the_runs_last_st
     runs[1] = {**runs[1], "steps": 6}
     (c3,) = validation_curves({"runs": runs[:2]}, tmp_path)
     assert c3.steps == () and c3.rise is None and c3.converged is None
+
+
+@pytest.mark.parametrize("grid", ["comparison", "tail-decay", "tail-decay-shrink"])
+def test_the_committed_reports_convergence_rows_are_their_runs_curves(grid):
+    """benchmarks/pairs/<grid>/report.md: each convergence row is what its committed
+    results.json and curve logs give (every point, the rise, the standard error, n)."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks" / "pairs" / grid
+    results = json.loads((folder / "results.json").read_text())
+    curves = validation_curves(results, folder)
+    assert curves and all(c.complete for c in curves)
+    section = (folder / "report.md").read_text().split("## Convergence: validation curves", 1)[1]
+    for c in curves:
+        row = next(line for line in section.splitlines() if line.startswith(f"| {c.task} ({c.metric}) | {c.arm} |"))
+        assert ", ".join(f"{s}: {v:.4f}" for s, v in zip(c.steps, c.mean)) in row
+        assert f"| {c.rise:+.4f} | {c.standard_error:.4f} |" in row and f"| {len(c.seeds)}/{c.runs} |" in row
