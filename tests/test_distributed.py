@@ -175,6 +175,34 @@ def _checkpoint_step(run: Path) -> int:
     return int(load_checkpoint(run / "checkpoint.safetensors")[1]["step"])
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc: torchrun starts each worker in a session of
+    its own, so killing torchrun's process group leaves the workers running)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _kill_job(pid: int) -> None:
+    """SIGKILL torchrun and every worker it started, as a node failure would."""
+    for target in [*_descendants(pid), pid]:
+        try:
+            os.kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 _FACTORS = ("lora_a", "lora_b", "transform_up", "transform_down", "transform_down_bias", "transform_up_bias")
 
 
@@ -235,7 +263,7 @@ def test_torchrun_two_processes_equal_one_and_resume_exactly(tmp_path):
             time.sleep(0.05)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _kill_job(proc.pid)
         proc.wait()
     at = _checkpoint_step(killed)
     if at >= steps:
