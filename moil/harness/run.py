@@ -13,6 +13,7 @@ at most that much.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from contextlib import nullcontext
@@ -30,7 +31,7 @@ from moil.harness.imitation import imitation_report
 from moil.harness.memory import PeakMemory
 from moil.harness.metrics_log import MetricsLog
 from moil.harness.run_folder import MANIFEST, hold, plan_run, run_manifest, write_json
-from moil.harness.scoring import PRIMARY_METRIC, ValidationCurve, score
+from moil.harness.scoring import PRIMARY_METRIC, ValidationCurve, curve_key, score
 from moil.train import CHECKPOINT, train
 
 __all__ = ["CHECKPOINT_SECONDS", "check_run", "discard_run", "run_one", "save_students"]
@@ -128,7 +129,7 @@ def _train_and_score(config, arm, task, seed, lr, recipe, backbone, data, run_di
     # The curve's batches are made before the peak-memory window opens; its points run inside it.
     every = config.train.eval_every or None
     curve = ValidationCurve.of(recipe, backbone, config, data, task) if every and main else None
-    curve_seconds, curve_points = 0.0, {}
+    curve_seconds = 0.0
     with MetricsLog(run_dir / "metrics.jsonl", resume) if main else nullcontext() as log, PeakMemory() as memory:
         def record(step: int, metrics: dict) -> None:
             if log is not None:
@@ -141,7 +142,6 @@ def _train_and_score(config, arm, task, seed, lr, recipe, backbone, data, run_di
             began = time.perf_counter()
             points = curve(state)
             curve_seconds += time.perf_counter() - began
-            curve_points.update({str(state.step): v for v in points.values()})  # results.json carries them too
             return points
 
         started = time.perf_counter()
@@ -168,7 +168,11 @@ def _train_and_score(config, arm, task, seed, lr, recipe, backbone, data, run_di
         "imitation": imitation_report(recipe, state, backbone),
     }
     if curve is not None:
-        result["curve"] = {"every": every, "candidate": curve.candidate(state)[0], "val_rows": curve.rows,
-                           "seconds": curve_seconds, "points": curve_points}
+        # The points are read back from metrics.jsonl, so a resumed run keeps those logged before it stopped.
+        name = curve.candidate(state)[0]
+        key = curve_key(name, curve.metric)
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        result["curve"] = {"every": every, "candidate": name, "val_rows": curve.rows, "seconds": curve_seconds,
+                           "points": {str(r["step"]): r[key] for r in rows if key in r}}
     write_json(run_dir / "results.json", result)
     return result
