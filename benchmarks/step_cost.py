@@ -4,6 +4,9 @@ Arms, all on the same model, targets (every q/k/v) and batch, training the ITM h
 
 * ``moil`` — ``MoIL`` with one ``Hybrid(r)`` student, reference ``Gradient(1)`` solver:
   teacher forward/backward + EMA target update + one imitation step of the student;
+* ``moil_fit_only`` — the same student with ``solver=FitOnly()`` and an ``ALSFit`` final
+  fit: no imitation work per step beyond the EMA (the fit, once at the end, is not timed
+  here; ``benchmarks/fit_cost.py`` times it);
 * ``full_ft`` — ``FullFineTune``: the teacher alone (dense q/k/v + heads);
 * ``lora`` — moil's ``LoRA`` recipe with ``LowRank(r_eq)``, ``r_eq`` chosen so that it
   stores as many parameters as the Hybrid student;
@@ -33,9 +36,10 @@ import common
 
 from moil.approx import Hybrid, LowRank
 from moil.momentum import HalfLife
-from moil.recipes import FullFineTune, LoRA, MoIL, default_optimizer
+from moil.recipes import FullFineTune, LoRA, MoIL, Student, default_optimizer
+from moil.solvers import ALSFit, FitOnly
 
-ARMS = ("moil", "full_ft", "lora", "peft_lora", "torch_full_ft")
+ARMS = ("moil", "moil_fit_only", "full_ft", "lora", "peft_lora", "torch_full_ft")
 #: (timed steps per arm per round, rounds) per size.
 DEFAULTS = {"tiny": (5, 5), "demo": (3, 5), "vilt-b32": (1, 3)}
 
@@ -46,6 +50,9 @@ def make_arm(setup: common.Setup, name: str, *, copy_model: bool = True):
     lora_rank = common.equal_size_rank(setup.backbone, Hybrid(setup.rank))
     if name == "moil":
         recipe = MoIL(setup.task_loss, Hybrid(setup.rank), momentum=HalfLife(100), optimizer=opt)
+    elif name == "moil_fit_only":
+        student = Student(Hybrid(setup.rank), solver=FitOnly(), refit=ALSFit(), final_fit=True)
+        recipe = MoIL(setup.task_loss, student, momentum=HalfLife(100), optimizer=opt)
     elif name == "full_ft":
         recipe = FullFineTune(setup.task_loss, optimizer=opt)
     elif name == "lora":
@@ -70,6 +77,7 @@ def sizes(setup: common.Setup) -> dict[str, dict[str, int]]:
     lora = common.stored_params(bb, LowRank(common.equal_size_rank(bb, Hybrid(setup.rank))))
     return {
         "moil": {"trainable": dense + heads + hybrid, "stored": hybrid},
+        "moil_fit_only": {"trainable": dense + heads, "stored": hybrid},
         "full_ft": {"trainable": dense + heads, "stored": dense},
         "lora": {"trainable": lora + heads, "stored": lora},
         "peft_lora": {"trainable": lora + heads, "stored": lora},

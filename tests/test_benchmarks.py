@@ -69,7 +69,7 @@ def test_reports_positive_finite_ratios(run, name):
 @pytest.mark.slow
 def test_step_cost_measures_every_arm_and_its_memory(run):
     _, written, printed = run("step_cost")
-    arms = {"moil", "full_ft", "lora", "peft_lora", "torch_full_ft"}
+    arms = {"moil", "moil_fit_only", "full_ft", "lora", "peft_lora", "torch_full_ft"}
     assert set(written["seconds_per_step"]) == arms == set(written["peak_memory"])
     _check_ratios(written["memory_ratios"])
     assert written["ratios"]["full_ft/full_ft"] == 1.0
@@ -80,6 +80,9 @@ def test_step_cost_measures_every_arm_and_its_memory(run):
         < params["lora"]["stored"] / written["lora_rank"]
     )
     assert "peak Δ MiB" in printed
+    # A FitOnly student stores what the stepped one stores and trains nothing itself.
+    assert params["moil_fit_only"]["stored"] == params["moil"]["stored"]
+    assert params["moil_fit_only"]["trainable"] == params["full_ft"]["trainable"]
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from moil.objectives import ContrastiveRetrieval, ImageTextMatching, PairClassif
 from moil.optim import AdamW
 from moil.recipes import FullFineTune, HeadOnly, LoRA, MoIL, PeftLowRank, Student, TailDecay
 from moil.schedules import WarmupLinearDecay
-from moil.solvers import ALSFit, Gradient, SVDFit
+from moil.solvers import ALSFit, FitOnly, Gradient, SVDFit
 
 __all__ = [
     "TASK_LOSS", "build_approx", "build_backbone", "build_recipe", "check_ranks", "device_of", "load_data",
@@ -189,7 +189,7 @@ def _arm_recipe(arm: ArmSpec, task: str, lr: float, steps: int):
             build_approx(s.approx, s.rank, transform_rank=s.transform_rank, side=s.side),
             momentum=None if s.momentum is None else parse_momentum(s.momentum, steps),
             lr=None if s.lr is None else _schedule(s.lr, steps, arm.warmup),
-            solver=Gradient(s.solver_steps),
+            solver=Gradient(s.solver_steps) if s.solver_steps else FitOnly(),
             refit=refit,
             refit_every=s.refit_every or None,
             final_fit=s.final_fit,

@@ -19,6 +19,7 @@ import tomli_w
 from moil.harness.config_checks import (
     FieldError,
     check_sources,
+    check_student,
     distinct,
     finite_non_negative,
     finite_positive,
@@ -67,24 +68,13 @@ class StudentSpec:
     side: Literal["input", "output"] = "input"
     momentum: str | float | None = attrs.field(default=None, validator=momentum_spec)
     lr: float | None = attrs.field(default=None, validator=finite_positive)
-    solver_steps: int = attrs.field(default=1, validator=positive)
+    solver_steps: int = attrs.field(default=1, validator=non_negative_int)
     refit: Literal["none", "svd", "als"] = "none"
     refit_every: int = attrs.field(default=0, validator=non_negative_int)
     final_fit: bool = False
 
     def __attrs_post_init__(self) -> None:
-        if self.refit == "none" and (self.refit_every or self.final_fit):
-            field = "refit_every" if self.refit_every else "final_fit"
-            raise FieldError(
-                f"{field} = {getattr(self, field)!r} needs a closed-form solver, but refit = 'none'; "
-                "set refit = 'svd' or 'als'", field,
-            )
-        if self.transform_rank is not None and self.approx != "hybrid":
-            raise FieldError(
-                f"transform_rank = {self.transform_rank} is only read by approx = 'hybrid', got "
-                f"approx = {self.approx!r}; remove transform_rank (a transform's rank is rank)",
-                "transform_rank",
-            )
+        check_student(self)
 
 
 @attrs.frozen

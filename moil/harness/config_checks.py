@@ -19,7 +19,7 @@ from typing import Any
 
 
 __all__ = [
-    "FieldError", "check_sources", "distinct", "finite_non_negative", "finite_positive", "fraction", "learning_rate",
+    "FieldError", "check_sources", "check_student", "distinct", "finite_non_negative", "finite_positive", "fraction", "learning_rate",
     "model_fields", "momentum_spec", "non_negative_int", "non_zero_scale", "positive", "splits", "stream_fits",
 ]
 
@@ -245,3 +245,25 @@ def check_sources(config: Any) -> None:
         if task in config.train.tasks and model.pretrained is None and not (pairs and task == "nlvr2"):
             raise ValueError(f"train.tasks {task!r} must run on {needs}: set model.pretrained and data.train"
                              + (", or data.dataset = 'digit-pairs'" if task == "nlvr2" else ""))
+
+
+def check_student(spec) -> None:
+    """A StudentSpec's cross-field rules: a refit where one is asked for, a fit where no step moves it."""
+    if spec.refit == "none" and (spec.refit_every or spec.final_fit):
+        field = "refit_every" if spec.refit_every else "final_fit"
+        raise FieldError(
+            f"{field} = {getattr(spec, field)!r} needs a closed-form solver, but refit = 'none'; "
+            "set refit = 'svd' or 'als'", field,
+        )
+    if spec.solver_steps == 0 and not (spec.refit_every or spec.final_fit):
+        raise FieldError(
+            "solver_steps = 0 (no imitation steps: the student is only fitted in closed form) needs "
+            "final_fit = true and/or refit_every >= 1 with refit = 'svd' or 'als'; otherwise the "
+            "stored student stays at its initialisation", "solver_steps",
+        )
+    if spec.transform_rank is not None and spec.approx != "hybrid":
+        raise FieldError(
+            f"transform_rank = {spec.transform_rank} is only read by approx = 'hybrid', got "
+            f"approx = {spec.approx!r}; remove transform_rank (a transform's rank is rank)",
+            "transform_rank",
+        )

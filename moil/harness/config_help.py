@@ -121,7 +121,7 @@ HELP: dict[str, dict[str, str]] = {
         "side": "Where the transform acts: `input` (an adapter before the layer) or `output` (after it).",
         "momentum": "The target this student imitates: unset = the arm's momentum, else a momentum spec.",
         "lr": "The student's own learning rate (unset = the arm's).",
-        "solver_steps": "Gradient steps of imitation per training step.",
+        "solver_steps": "Gradient steps of imitation per training step (0: none, the student is only set by its closed-form `refit`; needs `final_fit` or `refit_every`).",
         "refit": "A closed-form refit of the student to its target: `none`, `svd` or `als`.",
         "refit_every": "Refit with `refit` every this many steps (0 = never).",
         "final_fit": "Refit once more when the run ends.",

@@ -13,6 +13,7 @@ import torch
 from moil.approx import Adapter, Approximation
 from moil.momentum import MomentumTarget, check_fits_run
 from moil.schedules import bounds_of
+from moil.solvers import FitOnly
 
 __all__ = ["Student", "as_students", "check_momenta_fit_run", "student_seed"]
 
@@ -67,8 +68,8 @@ class Student:
       momentum: the momentum schedule of the target it imitates (``step -> m`` or a
         float); ``None`` uses the recipe's. Students with equal schedules share one target.
       lr: its learning rate (a float or schedule); ``None`` uses the recipe's.
-      solver: how it follows its target each step (``moil.solvers.Gradient``);
-        ``None`` uses the recipe's.
+      solver: how it follows its target each step (``moil.solvers.Gradient``;
+        ``moil.solvers.FitOnly()``: not at all, only its refits set it); ``None`` uses the recipe's.
       refit: a closed-form solver (``SVDFit``, ``ALSFit``) applied every
         ``refit_every`` steps (if set) and at ``finalize`` when ``final_fit``.
       sharing: overrides the backbone's sharing rule (``False`` for none).
@@ -88,6 +89,12 @@ class Student:
             raise ValueError(
                 "Student: refit_every/final_fit need a closed-form solver, e.g. "
                 "Student(approx, refit=moil.solvers.SVDFit(), final_fit=True)."
+            )
+        if isinstance(self.solver, FitOnly) and not (self.refit_every or self.final_fit):
+            raise ValueError(
+                "Student: solver=FitOnly() never moves the student by itself, so it needs refit_every "
+                "and/or final_fit, e.g. Student(approx, solver=FitOnly(), refit=moil.solvers.ALSFit(), "
+                "final_fit=True); without them the stored student stays at its initialisation."
             )
 
     def adapter(self, backbone: Any) -> Adapter:
