@@ -79,3 +79,35 @@ def test_fit_only_without_a_fit_is_refused():
         Student(LowRank(2), solver=FitOnly(), refit=SVDFit())
     with pytest.raises(ValueError, match="closed-form solver"):
         Student(LowRank(2), solver=FitOnly(), final_fit=True)
+
+
+@pytest.mark.slow
+def test_a_grid_with_a_fit_only_student_reports_it(tmp_path):
+    """``solver_steps = 0`` in a config: the run logs no per-step distance for that student,
+    scores it like any other, and its SVD fit lands where the stepped SVD student's does
+    (same target, the teacher: momentum 0), on the rank-2 Eckart–Young floor."""
+    from moil.harness.config import parse_config
+    from moil.harness.grid import run_grid
+
+    svd = {"approx": "lowrank", "rank": 2, "momentum": 0.0, "refit": "svd", "final_fit": True}
+    config = parse_config({
+        "data": {"limit": 40},
+        "model": {"family": "tiny"},
+        "train": {"steps": 3, "seeds": [0], "tasks": ["itm"], "threads": 1},
+        "arms": [{"name": "moil", "recipe": "moil", "lr": 1e-3, "momentum": "half-life:2", "students": [
+            {"name": "stepped", **svd},
+            {"name": "fit", **svd, "solver_steps": 0},
+            {"name": "hybrid-fit", "approx": "hybrid", "rank": 2, "solver_steps": 0, "refit": "als",
+             "final_fit": True},
+        ]}],
+    })
+    results = run_grid(config, tmp_path)
+    (run,) = results["runs"]
+    scores, fits = run["candidates"], run["imitation"]
+    assert fits["fit"]["distance"] == pytest.approx(fits["stepped"]["distance"], rel=1e-5)
+    assert fits["fit"]["distance"] == pytest.approx(fits["fit"]["eckart_young_floor"], rel=1e-5)
+    assert scores["student/fit"]["test"] == scores["student/stepped"]["test"]
+    assert "student/hybrid-fit" in scores
+    rows = (tmp_path / run["folder"] / "metrics.jsonl").read_text().splitlines()
+    assert "distance/stepped" in rows[-1] and "distance/fit" not in rows[-1]
+    assert "hybrid-fit" in (tmp_path / "report.md").read_text()
