@@ -22,12 +22,8 @@ from moil.harness.config import Config, ConfigError, dump_config, load_config, l
 from moil.harness.display import console, print_run, print_summary, progress_reporter, stdout
 from moil.harness.signals import exit_code, terminate_as_interrupt
 
-app = typer.Typer(
-    help="MoIL — momentum imitation learning: train, evaluate and export stored students.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+app = typer.Typer(help="MoIL — momentum imitation learning: train, evaluate and export stored students.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 config_app = typer.Typer(help="Inspect configs: `moil config show [FILE]`.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -141,7 +137,9 @@ def train(
     except ValueError as err:  # a run folder refused under its lock (RunFolderError)
         _fail(str(err))
     except KeyboardInterrupt as err:
-        console.print(f"\n[yellow]interrupted[/yellow]: checkpoint saved in {out}; continue with --resume")
+        saved = (f"checkpoint saved in {out}" if world.size == 1 else  # torchrun: none on the way out
+                 f"under torchrun the last periodic checkpoint in {out} (train.checkpoint_every) is kept")
+        console.print(f"\n[yellow]interrupted[/yellow]: {saved}; continue with --resume")
         raise typer.Exit(exit_code(err)) from None
     if world.main:
         print_run(result)

@@ -86,12 +86,17 @@ def read_json(path: str | os.PathLike, *, required: tuple[str, ...] = (), fix: s
 _held: dict[str, tuple[int, int]] = {}  # realpath -> (fd, depth): re-entrant in one process
 
 
-def _holder(lock: Path) -> str:
+def _holder(lock: Path) -> tuple[str, str]:
+    """Who holds ``lock`` and how to stop it (its pid is in the file, written by :func:`hold`)."""
     try:
         pid = lock.read_text().strip()
     except OSError:
         pid = ""
-    return f"pid {pid}" if pid.isdigit() else "another process"
+    if not pid.isdigit():
+        return "another process", "stop it"
+    # torchrun starts each worker in a session of its own: SIGKILL to torchrun alone leaves its
+    # workers training. SIGTERM to rank 0 (the writer) ends it and, through it, the other ranks.
+    return f"pid {pid}", f"stop it (`kill {pid}`; workers of a torchrun killed with SIGKILL run on without it)"
 
 
 @contextmanager
@@ -122,9 +127,10 @@ def hold(folder: str | os.PathLike) -> Iterator[Path]:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
+        holder, stop = _holder(lock)
         raise RunFolderLockedError(
-            f"run folder {folder} is in use by {_holder(lock)} (a moil process writing it); wait for it "
-            "to finish or stop it, then try again."
+            f"run folder {folder} is in use by {holder} (a moil process writing it); wait for it to "
+            f"finish or {stop}, then try again."
         ) from None
     try:
         os.ftruncate(fd, 0)
