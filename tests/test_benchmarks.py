@@ -80,9 +80,6 @@ def test_step_cost_measures_every_arm_and_its_memory(run):
         < params["lora"]["stored"] / written["lora_rank"]
     )
     assert "peak Δ MiB" in printed
-    # A FitOnly student stores what the stepped one stores and trains nothing itself.
-    assert params["moil_fit_only"]["stored"] == params["moil"]["stored"]
-    assert params["moil_fit_only"]["trainable"] == params["full_ft"]["trainable"]
 
 
 @pytest.mark.slow

@@ -36,8 +36,8 @@ seeds = [0]
 [[arms]]
 lr = {itm = [1e-3, 3e-3]}
 [[arms.students]]
-name = "svd"
-refit = "svd"
+name = "als"
+refit = "als"
 refit_every = 5
 [[arms.students]]
 name = "low"
@@ -116,8 +116,8 @@ def test_show_has_only_what_applies():
     for name in ("full", "head"):
         assert not {"rank", "approx", "scale", "students", "momentum"} & _fields(arms[name])
     assert "head_lr_scale" in _fields(arms["full"]) and "head_lr_scale" not in _fields(arms["head"])
-    svd, low = students
-    assert {"refit_every", "final_fit", "transform_rank", "side"} <= _fields(svd) and "refit_every = 5" in svd
+    als, low = students
+    assert {"refit_every", "final_fit", "transform_rank", "side"} <= _fields(als) and "refit_every = 5" in als
     assert not {"refit_every", "final_fit", "transform_rank", "side"} & _fields(low)
     data = _fields(shown.split("[model]")[0])
     assert {"train", "val", "test", "epochs", "columns"} <= data and not {"dataset", "split_seed"} & data

@@ -150,6 +150,20 @@ def test_distance_figure_marks_the_final_fit_and_both_floors():
     _assert_titles_inside(fig)
 
 
+def test_a_student_without_a_curve_is_marked_at_the_runs_last_step():
+    """A FitOnly student logs no distance per step: the figure draws no curve for it and puts
+    its final fit's star at the run's last step, beside a stepped student's curve."""
+    stepped = StudentDistance(label="moil · k4", curves=[[2.0, 1.5, 1.2, 1.1]], finals=[1.0], final_fit="als",
+                              steps=4)
+    fit = StudentDistance(label="moil · fit", curves=[], finals=[0.9], final_fit="als", steps=4)
+    fig = distance_figure("itm", [stepped, fit])
+    labels = _labels(fig)
+    assert any(s.startswith("moil · fit: after final fit (ALS) = 0.9") for s in labels), labels
+    assert not any(s.startswith("moil · fit: during training") for s in labels), labels
+    stars = [line for line in fig.axes[0].lines if line.get_marker() == "*"]
+    assert [list(line.get_xdata()) for line in stars] == [[4], [4]]
+
+
 def test_spectrum_figure_marks_r_and_r_plus_r_t_and_says_why():
     info = {"rank": 8, "transform_rank": 8, "equal_size_rank": 11, "distance": 1.47, "eckart_young_floor": 1.58,
             "equal_size_floor": 1.5, "spectrum_teacher": [1.0] * 30, "spectrum_target": [0.9] * 30,

@@ -137,9 +137,9 @@ def train(
     except ValueError as err:  # a run folder refused under its lock (RunFolderError)
         _fail(str(err))
     except KeyboardInterrupt as err:
-        saved = (f"checkpoint saved in {out}" if world.size == 1 else  # torchrun: none on the way out
-                 f"under torchrun the last periodic checkpoint in {out} (train.checkpoint_every) is kept")
-        console.print(f"\n[yellow]interrupted[/yellow]: {saved}; continue with --resume")
+        if world.main:  # torchrun: nothing is saved on the way out (moil.train.train)
+            saved = f"checkpoint saved in {out}" if world.size == 1 else f"the last periodic checkpoint in {out}, if any"
+            console.print(f"\n[yellow]interrupted[/yellow]: {saved}; continue with --resume")
         raise typer.Exit(exit_code(err)) from None
     if world.main:
         print_run(result)

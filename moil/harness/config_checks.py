@@ -6,9 +6,9 @@ gives the bad value and the fix; :func:`moil.harness.config.parse_config` adds t
 value's path (``... @ $.arms[0].lr``). Floats are finite everywhere: ``nan`` and ``inf``
 parse as TOML numbers but are never a learning rate, a decay or a scale.
 
-Cross-field rules (a batch that fits the data, a refit that has a solver) live with
-the class they concern, as ``__attrs_post_init__`` checks that raise :class:`FieldError`
-naming the dotted field path.
+Cross-field rules (a batch that fits the data, a refit that has a solver) run in the
+``__attrs_post_init__`` of the class they concern, which calls them from here (e.g.
+:func:`check_student`); they raise :class:`FieldError` naming the field.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from typing import Any
 
 
 __all__ = [
-    "FieldError", "check_sources", "check_student", "distinct", "finite_non_negative", "finite_positive", "fraction", "learning_rate",
-    "model_fields", "momentum_spec", "non_negative_int", "non_zero_scale", "positive", "splits", "stream_fits",
+    "FieldError", "check_sources", "check_student", "distinct", "finite_non_negative", "finite_positive",
+    "fraction", "learning_rate", "model_fields", "momentum_spec", "non_negative_int", "non_zero_scale",
+    "positive", "splits", "stream_fits",
 ]
 
 
@@ -247,20 +248,32 @@ def check_sources(config: Any) -> None:
                              + (", or data.dataset = 'digit-pairs'" if task == "nlvr2" else ""))
 
 
-def check_student(spec) -> None:
-    """A StudentSpec's cross-field rules: a refit where one is asked for, a fit where no step moves it."""
+def check_student(spec: Any) -> None:
+    """A StudentSpec's cross-field rules: a refit where one is asked for and one its approximation
+    has (svd: lowrank; als: an input-side hybrid or transform), a final fit for a student no
+    gradient step moves, and no field the student would not read."""
     if spec.refit == "none" and (spec.refit_every or spec.final_fit):
         field = "refit_every" if spec.refit_every else "final_fit"
         raise FieldError(
             f"{field} = {getattr(spec, field)!r} needs a closed-form solver, but refit = 'none'; "
             "set refit = 'svd' or 'als'", field,
         )
-    if spec.solver_steps == 0 and not (spec.refit_every or spec.final_fit):
+    if spec.refit == "svd" and spec.approx != "lowrank":
+        raise FieldError(f"refit = 'svd' fits approx = 'lowrank' students, got approx = {spec.approx!r}; "
+                         "use refit = 'als' for hybrid and transform", "refit")
+    if spec.refit == "als" and (spec.approx == "lowrank" or spec.side != "input"):
+        got = f"approx = {spec.approx!r}" if spec.approx == "lowrank" else f"side = {spec.side!r}"
+        raise FieldError(f"refit = 'als' fits input-side hybrid and transform students, got {got}; use "
+                         "refit = 'svd' for lowrank, or gradient steps (refit = 'none') after the layer", "refit")
+    if spec.solver_steps == 0 and not spec.final_fit:
         raise FieldError(
             "solver_steps = 0 (no imitation steps: the student is only fitted in closed form) needs "
-            "final_fit = true and/or refit_every >= 1 with refit = 'svd' or 'als'; otherwise the "
-            "stored student stays at its initialisation", "solver_steps",
+            "final_fit = true with refit = 'svd' or 'als'; otherwise the stored student is its "
+            "initialisation, or a fit of an older target", "solver_steps",
         )
+    if spec.solver_steps == 0 and spec.lr is not None:
+        raise FieldError(f"lr = {spec.lr!r} is only read by gradient steps, and solver_steps = 0 takes none; "
+                         "remove lr", "lr")
     if spec.transform_rank is not None and spec.approx != "hybrid":
         raise FieldError(
             f"transform_rank = {spec.transform_rank} is only read by approx = 'hybrid', got "

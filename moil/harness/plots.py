@@ -110,6 +110,7 @@ class StudentDistance:
       rank, floors: the low-rank rank ``r`` and the rank-``r`` LowRank floor per seed.
       equal_size_rank, equal_size_floors: the LowRank rank of the student's stored size
         and its floor per seed (``None``/empty for results written before they existed).
+      steps: the run's last step, where a student without a curve (``FitOnly``) has its final mark.
     """
 
     label: str
@@ -120,6 +121,7 @@ class StudentDistance:
     floors: list[float] = attrs.Factory(list)
     equal_size_rank: int | None = None
     equal_size_floors: list[float] = attrs.Factory(list)
+    steps: int = 0
 
 
 def distance_figure(task: str, students: list[StudentDistance]) -> Figure:
@@ -129,10 +131,11 @@ def distance_figure(task: str, students: list[StudentDistance]) -> Figure:
     ax = fig.subplots()
     for i, s in enumerate(students):
         color = f"C{i}"
-        mean = _mean(s.curves)
-        ax.plot(range(1, len(mean) + 1), mean, color=color, label=f"{s.label}: during training (n={len(s.curves)})")
+        mean = _mean(s.curves) if s.curves else []
+        if mean:
+            ax.plot(range(1, len(mean) + 1), mean, color=color, label=f"{s.label}: during training (n={len(s.curves)})")
         if s.finals:
-            end, final = len(mean), fmean(s.finals)
+            end, final = len(mean) or s.steps, fmean(s.finals)
             what = f"after final fit ({s.final_fit.upper()})" if s.final_fit else "after training"
             ax.plot([end], [final], marker="*", markersize=14, linestyle="none", color=color,
                     markeredgecolor="black", label=f"{s.label}: {what} = {final:.4g} (the table's value)")

@@ -109,13 +109,13 @@ def _curves(out: Path, results: dict, task: str) -> list[str]:
         if not rows:
             continue
         loss.setdefault(run["arm"], []).append([r["task_loss"] for r in rows])
-        for key in rows[0]:
-            if key.startswith("distance/"):
-                student = key.split("/", 1)[1]
-                seen = distance.setdefault((run["arm"], student), {"curves": [], "infos": []})
-                seen["curves"].append([r[key] for r in rows])
-                if student in run.get("imitation", {}):
-                    seen["infos"].append(run["imitation"][student])
+        logged, imitation = [k.split("/", 1)[1] for k in rows[0] if k.startswith("distance/")], run.get("imitation", {})
+        for student in logged + [s for s in imitation if s not in logged]:  # FitOnly: no curve, its final fit
+            seen = distance.setdefault((run["arm"], student), {"curves": [], "infos": [], "steps": len(rows)})
+            if student in logged:
+                seen["curves"].append([r[f"distance/{student}"] for r in rows])
+            if student in imitation:
+                seen["infos"].append(imitation[student])
     students = []
     for (arm, student), seen in distance.items():
         infos, cfg = seen["infos"], _student_config(results.get("config", {}), arm, student)
@@ -125,6 +125,7 @@ def _curves(out: Path, results: dict, task: str) -> list[str]:
             rank=infos[0]["rank"] if infos else None, floors=[i["eckart_young_floor"] for i in infos],
             equal_size_rank=infos[0].get("equal_size_rank") if infos else None,
             equal_size_floors=[i["equal_size_floor"] for i in infos if "equal_size_floor" in i],
+            steps=seen["steps"],
         ))
     files = []
     for name, fig in ((f"curves-{task}.png", loss_figure(task, loss) if loss else None),

@@ -96,7 +96,7 @@ def _holder(lock: Path) -> tuple[str, str]:
         return "another process", "stop it"
     # torchrun starts each worker in a session of its own: SIGKILL to torchrun alone leaves its
     # workers training. SIGTERM to rank 0 (the writer) ends it and, through it, the other ranks.
-    return f"pid {pid}", f"stop it (`kill {pid}`; workers of a torchrun killed with SIGKILL run on without it)"
+    return f"pid {pid}", f"stop it (`kill {pid}`; after a SIGKILL to torchrun, its workers may still run)"
 
 
 @contextmanager

@@ -25,6 +25,7 @@ from moil.momentum import MomentumState, MomentumTarget
 from moil.optim import AdamState, AdamW
 from moil.recipes.student import Student, student_seed
 from moil.recipes.task_step import check_all_finite
+from moil.solvers.fit_only import FitOnly, check_fit_only
 from moil.subnormals import flush_subnormals
 
 __all__ = ["Follower", "Imitation", "ImitationState"]
@@ -107,9 +108,15 @@ class Imitation:
             else:
                 which = target
             opt = optimizer if s.lr is None else attrs.evolve(optimizer, lr=s.lr)
-            followers[name] = Follower(
-                s.adapter(backbone), opt, s.solver or solver, which, s.refit, s.refit_every, s.final_fit
-            )
+            adapter, follows = s.adapter(backbone), s.solver or solver
+            if isinstance(follows, FitOnly):  # the recipe's solver, too
+                check_fit_only(f"student {name!r}", s.refit, s.final_fit, s.lr)
+            if callable(getattr(s.refit, "check", None)):  # a mismatch fails now, not after the run
+                try:
+                    s.refit.check(adapter)
+                except (TypeError, ValueError) as err:
+                    raise type(err)(f"student {name!r}: {err}") from None
+            followers[name] = Follower(adapter, opt, follows, which, s.refit, s.refit_every, s.final_fit)
         return cls({n: MomentumTarget(sched) for sched, n in names.items()}, followers)
 
     def init(self, teacher: Mapping[str, Tensor], base: Mapping[str, Tensor], *, seed: int = 0) -> ImitationState:
@@ -129,7 +136,8 @@ class Imitation:
                     f"lack ({extra[:3]}); targets without a bias need an approximation that "
                     "adds none (LowRank) or a model with biases."
                 )
-            students[name], opts[name] = params, f.optimizer.init(params)
+            # A FitOnly student takes no optimiser step: no moments to keep.
+            students[name], opts[name] = params, f.optimizer.init({} if isinstance(f.solver, FitOnly) else params)
         targets = {m: mt.init(teacher) for m, mt in self.momenta.items()}
         return ImitationState(0, targets, students, opts)
 

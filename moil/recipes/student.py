@@ -13,7 +13,7 @@ import torch
 from moil.approx import Adapter, Approximation
 from moil.momentum import MomentumTarget, check_fits_run
 from moil.schedules import bounds_of
-from moil.solvers import FitOnly
+from moil.solvers.fit_only import FitOnly, check_fit_only
 
 __all__ = ["Student", "as_students", "check_momenta_fit_run", "student_seed"]
 
@@ -90,12 +90,8 @@ class Student:
                 "Student: refit_every/final_fit need a closed-form solver, e.g. "
                 "Student(approx, refit=moil.solvers.SVDFit(), final_fit=True)."
             )
-        if isinstance(self.solver, FitOnly) and not (self.refit_every or self.final_fit):
-            raise ValueError(
-                "Student: solver=FitOnly() never moves the student by itself, so it needs refit_every "
-                "and/or final_fit, e.g. Student(approx, solver=FitOnly(), refit=moil.solvers.ALSFit(), "
-                "final_fit=True); without them the stored student stays at its initialisation."
-            )
+        if isinstance(self.solver, FitOnly):
+            check_fit_only("Student", self.refit, self.final_fit, self.lr)
 
     def adapter(self, backbone: Any) -> Adapter:
         """This student's :class:`Adapter` over the backbone's targets.

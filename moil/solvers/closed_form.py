@@ -17,9 +17,10 @@ import attrs
 import torch
 from torch import Tensor
 
-from moil.approx import TRANSFORM_KEYS, Adapter, Hybrid, LowRank, Transform
+from moil.approx import Adapter, LowRank, Transform
 from moil.approx.protocol import positive_int
 from moil.objectives import best_low_rank
+from moil.solvers.fit_forms import check_als_adapter, check_low_rank_adapter
 from moil.solvers.regression import (
     Factors,
     low_rank_factors,
@@ -60,52 +61,6 @@ def group_params(
     return {k: v.to(like).contiguous() for k, v in fitted.items()}
 
 
-def check_low_rank_adapter(adapter: Adapter, fit: str, other: str) -> LowRank:
-    """The :class:`~moil.approx.LowRank` of an adapter a rank-truncation fit can solve.
-
-    Raises:
-      TypeError: not LowRank (names ``other``, the fit for Transform/Hybrid).
-      ValueError: ``lora_a`` is shared across targets (no closed form).
-    """
-    approx = adapter.approx
-    if not isinstance(approx, LowRank):
-        raise TypeError(
-            f"{fit} fits LowRank students, got {type(approx).__name__}; use {other} for Transform/Hybrid."
-        )
-    if adapter.sharing is not None and "lora_a" in adapter.sharing.keys:
-        raise ValueError(f"{fit}: a shared lora_a has no closed form; use Gradient steps.")
-    return approx
-
-
-def check_als_adapter(adapter: Adapter, fit: str) -> tuple[LowRank | None, Transform, dict[str, tuple[str, ...]]]:
-    """``(low rank part or None, transform, groups)`` of an adapter an ALS-style fit can solve.
-
-    Raises:
-      TypeError: the approximation is not an input-side Transform / Hybrid.
-      ValueError: ``lora_a`` is shared, or the transform is shared only in part.
-    """
-    approx = adapter.approx
-    if isinstance(approx, Hybrid):
-        low, transform = approx.low_rank, approx.transform
-    elif isinstance(approx, Transform):
-        low, transform = None, approx
-    else:
-        raise TypeError(
-            f"{fit} fits the input-side Transform/Hybrid, got {type(approx).__name__}; use "
-            "SVDFit for LowRank and Gradient steps for OutputTransform/OutputHybrid."
-        )
-    if low is not None and adapter.sharing is not None and "lora_a" in adapter.sharing.keys:
-        raise ValueError(f"{fit}: a shared lora_a has no closed form; use Gradient steps.")
-    shared = adapter.sharing.keys & set(TRANSFORM_KEYS) if adapter.sharing else set()
-    if shared and shared != set(TRANSFORM_KEYS):
-        raise ValueError(
-            f"{fit}: the transform is shared only in part ({sorted(shared)}); share all of "
-            "TRANSFORM_KEYS or none."
-        )
-    groups = adapter.groups() if shared else {t: (t,) for t in adapter.targets}
-    return low, transform, groups
-
-
 def bias_shift(
     adapter: Adapter, members: tuple[str, ...], base: Tensors, target: Tensors, lows: list[Tensor],
     rank: int, chol: Tensor | None = None,
@@ -144,6 +99,10 @@ class SVDFit:
     minimiser of ``‖W̄ − Ŵ‖_F`` over rank-``r`` students. Biases are not adapted.
     Every fitted tensor is contiguous (see :func:`moil.objectives.eckart_young`).
     """
+
+    def check(self, adapter: Adapter) -> None:
+        """Raise now what :meth:`fit` would raise for ``adapter`` (no tensors needed)."""
+        check_low_rank_adapter(adapter, "SVDFit", "ALSFit")
 
     def fit(
         self, adapter: Adapter, base: Tensors, target: Tensors, params: Tensors
@@ -257,6 +216,10 @@ class ALSFit:
 
     iterations: int = attrs.field(default=5, validator=positive_int)
     tolerance: float = tolerance_field()
+
+    def check(self, adapter: Adapter) -> None:
+        """Raise now what :meth:`fit` would raise for ``adapter`` (no tensors needed)."""
+        check_als_adapter(adapter, "ALSFit")
 
     def fit(
         self, adapter: Adapter, base: Tensors, target: Tensors, params: Tensors

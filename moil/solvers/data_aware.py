@@ -32,15 +32,8 @@ from torch import Tensor
 from moil.approx import Adapter, LowRank, Transform
 from moil.approx.protocol import positive_int
 from moil.objectives import eckart_young
-from moil.solvers.closed_form import (
-    ALSRound,
-    alternate,
-    check_als_adapter,
-    check_low_rank_adapter,
-    group_params,
-    reduced_rank_regression,
-    tolerance_field,
-)
+from moil.solvers.closed_form import ALSRound, alternate, group_params, reduced_rank_regression, tolerance_field
+from moil.solvers.fit_forms import check_als_adapter, check_low_rank_adapter
 
 __all__ = ["WhitenedALSFit", "WhitenedSVDFit", "whitening"]
 
@@ -104,6 +97,10 @@ class WhitenedSVDFit:
 
     moments: Mapping[str, Tensor] = attrs.field(converter=dict)
 
+    def check(self, adapter: Adapter) -> None:
+        """Raise now what :meth:`fit` would raise for ``adapter``'s form (no tensors needed)."""
+        check_low_rank_adapter(adapter, "WhitenedSVDFit", "WhitenedALSFit")
+
     def fit(self, adapter: Adapter, base: Tensors, target: Tensors, params: Tensors) -> dict[str, Tensor]:
         approx = check_low_rank_adapter(adapter, "WhitenedSVDFit", "WhitenedALSFit")
         out = dict(params)
@@ -142,6 +139,10 @@ class WhitenedALSFit:
     moments: Mapping[str, Tensor] = attrs.field(converter=dict)
     iterations: int = attrs.field(default=8, validator=positive_int)
     tolerance: float = tolerance_field()
+
+    def check(self, adapter: Adapter) -> None:
+        """Raise now what :meth:`fit` would raise for ``adapter``'s form (no tensors needed)."""
+        check_als_adapter(adapter, "WhitenedALSFit")
 
     def fit(self, adapter: Adapter, base: Tensors, target: Tensors, params: Tensors) -> dict[str, Tensor]:
         low, transform, groups = check_als_adapter(adapter, "WhitenedALSFit")
