@@ -156,21 +156,19 @@ def test_a_grid_with_a_fit_only_student_reports_it(tmp_path):
                                                         "moil · hybrid-fit": False}
 
 
-def _pairs_runs(grid: str) -> dict:
+def test_the_committed_fit_only_grid_pairs_each_fit_only_student_with_its_stepped_twin():
+    """benchmarks/pairs/fit-only: each seed's students share one teacher and target, so the
+    fit-only SVD student scores exactly as the stepped one (SVDFit ignores where it starts),
+    and the fit-only Hybrid's ALS fit (from the student's initialisation) ends closer to the
+    target than the ALS fit warm-started by 4 gradient steps a task step, on every seed (the
+    pairs README's claim)."""
     from pathlib import Path
 
-    results = Path(__file__).resolve().parents[1] / "benchmarks" / "pairs" / grid / "results.json"
-    runs = json.loads(results.read_text())["runs"]
-    return {r["seed"]: r["candidates"] for r in runs if r["arm"] == "moil" and r["lr"] == 3e-4}
-
-
-def test_the_committed_fit_only_grid_shares_the_comparisons_teacher_and_students():
-    """benchmarks/pairs/fit-only: students never touch the teacher, so on every seed its
-    teacher, momentum target and stepped students score exactly as the comparison grid's
-    MoIL run; the fit-only SVD student scores exactly as the stepped one (same target)."""
-    fit, comparison = _pairs_runs("fit-only"), _pairs_runs("comparison")
-    assert sorted(fit) == [0, 1, 2]
-    for seed, scores in fit.items():
-        for name in ("teacher", "target/m0", "student/hybrid-k4+als", "student/svd-r11"):
-            assert scores[name]["test"] == comparison[seed][name]["test"], (seed, name)
-        assert scores["student/svd-r11-fit-only"]["test"] == scores["student/svd-r11"]["test"], seed
+    folder = Path(__file__).resolve().parents[1] / "benchmarks" / "pairs" / "fit-only"
+    runs = json.loads((folder / "results.json").read_text())["runs"]
+    assert sorted(r["seed"] for r in runs) == [0, 1, 2]
+    for run in runs:
+        scores, fits = run["candidates"], run["imitation"]
+        assert scores["student/svd-r11-fit-only"] == scores["student/svd-r11"], run["seed"]
+        assert fits["svd-r11-fit-only"]["distance"] == pytest.approx(fits["svd-r11"]["distance"], rel=1e-9)
+        assert fits["hybrid-fit-only+als"]["distance"] < fits["hybrid-k4+als"]["distance"], run["seed"]
