@@ -172,3 +172,9 @@ def test_the_committed_fit_only_grid_pairs_each_fit_only_student_with_its_steppe
         assert scores["student/svd-r11-fit-only"] == scores["student/svd-r11"], run["seed"]
         assert fits["svd-r11-fit-only"]["distance"] == pytest.approx(fits["svd-r11"]["distance"], rel=1e-9)
         assert fits["hybrid-fit-only+als"]["distance"] < fits["hybrid-k4+als"]["distance"], run["seed"]
+    readme = (folder.parent / "README.md").read_text()
+    for name in ("hybrid-k4+als", "hybrid-fit-only+als", "svd-r11", "svd-r11-fit-only"):
+        per_seed = " / ".join(f"{r['candidates'][f'student/{name}']['test']['accuracy']:.4f}"
+                              for r in sorted(runs, key=lambda r: r["seed"]))
+        distances = " / ".join(f"{r['imitation'][name]['distance']:.3f}" for r in sorted(runs, key=lambda r: r["seed"]))
+        assert f"| {per_seed} | {distances} |" in readme, name
