@@ -12,7 +12,9 @@ Arms timed side by side, round-robin, in one process: ``joint_k`` (MoIL with stu
 ``s0..s{k-1}``, k = 1, 2, 4), ``solo_i`` (MoIL with ``s_i`` alone) and ``full_ft`` (the
 teacher alone, for the per-student overhead). The k separate runs cost
 ``Σ_{i<k} solo_i``. All arms take the same steps on the same batch, so at the end each
-joint student is compared with its solo twin (they should agree up to rounding).
+joint student is compared with its solo twin (they should agree up to rounding). One more
+arm, ``fit_only_4``, runs the same four students with ``solver=FitOnly()`` (set by a final
+``ALSFit``/``SVDFit`` only, not timed): what a student costs per step when it takes no steps.
 
 Usage: ``python benchmarks/many_students.py --size demo [--steps N] [--json PATH]``.
 """
@@ -24,11 +26,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import attrs
 import common
 
 from moil.approx import Hybrid, LowRank
 from moil.momentum import HalfLife
 from moil.recipes import FullFineTune, MoIL, Student, default_optimizer
+from moil.solvers import ALSFit, FitOnly, SVDFit
 
 KS = (1, 2, 4)
 DEFAULTS = {"tiny": (3, 5), "demo": (2, 5), "vilt-b32": (1, 3)}
@@ -61,6 +65,9 @@ def main(argv: list[str] | None = None) -> dict:
     names = list(pool)
     arms = {f"joint_{k}": moil({n: pool[n] for n in names[:k]}) for k in KS}
     arms.update({f"solo_{n}": moil({n: pool[n]}) for n in names})
+    arms["fit_only_4"] = moil({n: attrs.evolve(s, solver=FitOnly(), final_fit=True,
+                                               refit=SVDFit() if isinstance(s.approx, LowRank) else ALSFit())
+                               for n, s in pool.items()})
     arms["full_ft"] = common.recipe_step(FullFineTune(setup.task_loss, optimizer=opt), setup)
     times = common.interleaved(arms, rounds=rounds, steps=steps, warmup=1, device=setup.device)
     med = {k: v["median"] for k, v in times.items()}
@@ -124,6 +131,11 @@ def main(argv: list[str] | None = None) -> dict:
         + f"; full_ft {1e3 * med['full_ft']:.1f}"
     )
     print(f"max |θ_joint − θ_solo| over all students after {1 + rounds * steps} steps: {drift:.3g}")
+    ratios["fit_only_4/full_ft"] = med["fit_only_4"] / med["full_ft"]
+    fit_cpu = ratios["fit_only_4/full_ft (cpu, paired)"] = common.paired_ratio(times, "fit_only_4", "full_ft", cpu=True)
+    print(f"fit_only_4 (the four students, FitOnly): {1e3 * med['fit_only_4']:.1f} ms/step, × full_ft "
+          f"{ratios['fit_only_4/full_ft']:.3f} (cpu, paired {fit_cpu:.3f}): {100 * (fit_cpu - 1) / 4:.1f} % "
+          "of a full-FT step per student")
     return common.report(
         args,
         setup,

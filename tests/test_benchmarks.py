@@ -89,6 +89,7 @@ def test_many_students_joint_equals_solo(run):
         "joint_1/separate_1",
         "joint_2/separate_2",
         "joint_4/separate_4",
+        "fit_only_4/full_ft",
     }
     assert written["max_abs_joint_minus_solo"] < 1e-5  # one run with k students == k runs
 
