@@ -143,7 +143,7 @@ def test_curves_read_back_names_with_slashes_a_missing_seed_and_the_runs_last_st
     assert c3.steps == () and c3.rise is None and c3.converged is None
 
 
-@pytest.mark.parametrize("grid", ["comparison", "tail-decay", "tail-decay-shrink", "vqa"])
+@pytest.mark.parametrize("grid", ["comparison", "tail-decay", "tail-decay-shrink", "vqa", "convergence"])
 def test_the_committed_reports_convergence_rows_are_their_runs_curves(grid):
     """benchmarks/pairs/<grid>/report.md: each convergence row is what its committed
     results.json and curve logs give (every point, the rise, the standard error, n)."""
