@@ -158,3 +158,26 @@ def test_the_committed_reports_convergence_rows_are_their_runs_curves(grid):
         row = next(line for line in section.splitlines() if line.startswith(f"| {c.task} ({c.metric}) | {c.arm} |"))
         assert ", ".join(f"{s}: {v:.4f}" for s, v in zip(c.steps, c.mean)) in row
         assert f"| {c.rise:+.4f} | {c.standard_error:.4f} |" in row and f"| {len(c.seeds)}/{c.runs} |" in row
+
+
+def test_the_pairs_readmes_longer_run_table_is_the_convergence_grid():
+    """benchmarks/pairs/README.md's 2 400-step table: each arm's test score and val rise are
+    the committed convergence grid's (results.json), to the printed digits."""
+    from pathlib import Path
+
+    pairs = Path(__file__).resolve().parents[1] / "benchmarks" / "pairs"
+    folder = pairs / "convergence"
+    results = json.loads((folder / "results.json").read_text())
+    table = (pairs / "README.md").read_text().split("## Four times longer", 1)[1].split("\n\n- ", 1)[0]
+    rises = {c.arm: c.rise for c in validation_curves(results, folder)}
+    labels = {"head-only": "head-only", "lora": "LoRA r = 11", "dora-peft": "DoRA r = 11", "pissa-peft": "PiSSA r = 11"}
+    by_arm = {r["arm"]: r for r in results["runs"]}
+    for arm, label in labels.items():
+        run = by_arm[arm]
+        row = next(line for line in table.splitlines() if line.startswith(f"| {label} ("))
+        assert row.endswith(f"| {run['candidates'][run['primary']]['test']['accuracy']:.4f} | {100 * rises[arm]:+.1f} |"), row
+    moil, decayed = by_arm["moil"]["candidates"], by_arm["moil-shrink"]["candidates"]
+    for label, score in (("MoIL, moil's recipe", moil["student/hybrid-k4+als"]), ("truncated SVD", moil["student/svd-r11"]),
+                         ("TailDecay", decayed["student/svd-r11"]), ("full fine-tuning", moil["teacher"])):
+        row = next(line for line in table.splitlines() if line.startswith(f"| {label}"))
+        assert f"| {score['test']['accuracy']:.4f} |" in row, row
