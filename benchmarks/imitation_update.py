@@ -1,6 +1,6 @@
 """The imitation update inside real MoIL steps: closed-form gradient and subnormal flushing on/off.
 
-Four MoIL arms with one ``Hybrid(r)`` student, ``Gradient(1)``, ``HalfLife(100)`` and
+Five MoIL arms with one ``Hybrid(r)`` student, ``Gradient(1)``, ``HalfLife(100)`` and
 the same teacher optimiser, plus ``full_ft`` for scale, timed side by side round-robin in one
 process (``common.interleaved``):
 
@@ -8,7 +8,9 @@ process (``common.interleaved``):
 * ``no_flush`` — the same with ``moil.subnormals.flush_subnormals`` replaced by a no-op;
 * ``autograd`` — the gradient through autograd instead (the solver's loss is a wrapper of
   ``imitation_loss``, which has no closed form), subnormals flushed;
-* ``autograd_no_flush`` — both off: the imitation step as it was before either change.
+* ``autograd_no_flush`` — both off: the imitation step as it was before either change;
+* ``fit_only`` — the student with ``solver=FitOnly()`` (an ALS fit at the end, not timed):
+  the update is the EMA alone.
 
 With ``--baseline REV``, also ``moil@REV`` and ``full_ft@REV``: the same two arms with the
 optimiser, solver and imitation code of git revision ``REV`` (read with ``git show``;
@@ -38,11 +40,11 @@ import imitation_profile
 from moil.approx import Hybrid
 from moil.momentum import HalfLife
 from moil.objectives import imitation_loss
-from moil.recipes import FullFineTune, MoIL, default_optimizer
+from moil.recipes import FullFineTune, MoIL, Student, default_optimizer
 from moil.recipes import imitation as imitation_module
-from moil.solvers import Gradient
+from moil.solvers import ALSFit, FitOnly, Gradient
 
-ARMS = ("moil", "no_flush", "autograd", "autograd_no_flush", "full_ft")
+ARMS = ("moil", "no_flush", "autograd", "autograd_no_flush", "fit_only", "full_ft")
 DEFAULTS = {"tiny": (3, 3), "demo": (2, 5), "vilt-b32": (1, 3), "vilt-l": (1, 1)}
 
 
@@ -57,8 +59,9 @@ def make_arms(setup: common.Setup, baseline: str | None = None, names=ARMS) -> d
     record: dict[str, list[float]] = {}
     old = imitation_profile.baseline_patch(baseline) if baseline else None
 
-    def timed(name, flushes, solver, code=contextlib.nullcontext):
-        recipe = MoIL(setup.task_loss, Hybrid(setup.rank), momentum=HalfLife(100), optimizer=opt, solver=solver)
+    def timed(name, flushes, solver, code=contextlib.nullcontext, student=None):
+        student = student or Hybrid(setup.rank)
+        recipe = MoIL(setup.task_loss, student, momentum=HalfLife(100), optimizer=opt, solver=solver)
         with code():
             step = common.recipe_step(recipe, setup)
 
@@ -97,6 +100,8 @@ def make_arms(setup: common.Setup, baseline: str | None = None, names=ARMS) -> d
         "no_flush": lambda: timed("no_flush", False, Gradient()),
         "autograd": lambda: timed("autograd", True, Gradient(loss=_autograd_loss)),
         "autograd_no_flush": lambda: timed("autograd_no_flush", False, Gradient(loss=_autograd_loss)),
+        "fit_only": lambda: timed("fit_only", True, Gradient(), student=Student(
+            Hybrid(setup.rank), solver=FitOnly(), refit=ALSFit(), final_fit=True)),
         "full_ft": full_ft,
     }
     built = {n: arms[n]() for n in names}

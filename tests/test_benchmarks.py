@@ -211,11 +211,13 @@ def test_imitation_update_times_the_update_in_every_moil_arm(run):
     from moil.subnormals import flush_subnormals
 
     _, written, printed = run("imitation_update")
-    moil_arms = {"moil", "no_flush", "autograd", "autograd_no_flush"}
+    moil_arms = {"moil", "no_flush", "autograd", "autograd_no_flush", "fit_only"}
     assert set(written["imitation_update_ms"]) == moil_arms
     assert set(written["seconds_per_step"]) == moil_arms | {"full_ft"}
     for name, ms in written["imitation_update_ms"].items():
         assert math.isfinite(ms) and ms > 0, name
+    # FitOnly's update is the EMA alone: less than the stepped student's EMA + gradient step.
+    assert written["imitation_update_ms"]["fit_only"] < written["imitation_update_ms"]["moil"]
     assert imitation_module.flush_subnormals is flush_subnormals
     assert imitation_module.Imitation.update.__name__ == "update"
     assert "imitation_update" in printed and "----" in printed
