@@ -22,7 +22,6 @@ no curve (a run reused on ``--resume`` from before ``eval_every`` was set, or sh
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from statistics import fmean
@@ -30,6 +29,7 @@ from typing import Any
 
 import attrs
 
+from moil.harness.metrics_log import read_rows
 from moil.harness.scoring import curve_candidate, curve_key
 
 __all__ = ["ArmCurve", "run_curve", "run_metrics", "validation_curves"]
@@ -37,10 +37,7 @@ __all__ = ["ArmCurve", "run_curve", "run_metrics", "validation_curves"]
 
 def run_metrics(out: Path, run: dict) -> list[dict]:
     """The rows of a grid run's ``metrics.jsonl`` (``[]`` when it has none)."""
-    path = out / run.get("folder", f"runs/{run['task']}/{run['arm']}/seed{run['seed']}") / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_rows(out / run.get("folder", f"runs/{run['task']}/{run['arm']}/seed{run['seed']}") / "metrics.jsonl")
 
 
 @attrs.frozen

@@ -7,7 +7,14 @@ from pathlib import Path
 
 from moil.harness.run_folder import write_text
 
-__all__ = ["MetricsLog"]
+__all__ = ["MetricsLog", "read_rows"]
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a ``metrics.jsonl`` (``[]`` when there is none), blank lines skipped."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 class MetricsLog:

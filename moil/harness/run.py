@@ -13,7 +13,6 @@ at most that much.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from contextlib import nullcontext
@@ -29,7 +28,7 @@ from moil.harness.config import ArmSpec, Config, config_dict
 from moil.harness.data import DemoData
 from moil.harness.imitation import imitation_report
 from moil.harness.memory import PeakMemory
-from moil.harness.metrics_log import MetricsLog
+from moil.harness.metrics_log import MetricsLog, read_rows
 from moil.harness.run_folder import MANIFEST, hold, plan_run, run_manifest, write_json
 from moil.harness.scoring import PRIMARY_METRIC, ValidationCurve, curve_key, score
 from moil.train import CHECKPOINT, train
@@ -171,7 +170,7 @@ def _train_and_score(config, arm, task, seed, lr, recipe, backbone, data, run_di
         # The points are read back from metrics.jsonl, so a resumed run keeps those logged before it stopped.
         name = curve.candidate(state)[0]
         key = curve_key(name, curve.metric)
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        rows = read_rows(run_dir / "metrics.jsonl")
         result["curve"] = {"every": every, "candidate": name, "val_rows": curve.rows, "seconds": curve_seconds,
                            "points": {str(r["step"]): r[key] for r in rows if key in r}}
     write_json(run_dir / "results.json", result)
