@@ -43,9 +43,12 @@ import torch
 from moil.approx import Hybrid, LowRank
 from moil.momentum import HalfLife
 from moil.recipes import FullFineTune, LoRA, MoIL, Student, default_optimizer
+from moil.solvers import ALSFit, FitOnly
 
 KS = (1, 2, 4, 8)
-ARMS = ("full_ft", "lora", *(f"moil_{k}" for k in KS))
+#: FitOnly students (no imitation steps; set by their final ALS fit): the cheapest stored student.
+FIT_KS = (1, 8)
+ARMS = ("full_ft", "lora", *(f"moil_{k}" for k in KS), *(f"fit_only_{k}" for k in FIT_KS))
 #: per size: (timed steps per arm per round, rounds, memory steps, memory subprocesses at once).
 DEFAULTS = {
     "tiny": (3, 5, 2, 2),
@@ -65,6 +68,11 @@ def make_arm(setup: common.Setup, name: str):
     elif name == "lora":
         rank = common.equal_size_rank(setup.backbone, Hybrid(r))
         recipe = LoRA(setup.task_loss, LowRank(rank), optimizer=opt)
+    elif name.startswith("fit_only_"):  # the same students, FitOnly: only the EMA per step
+        k = int(name.removeprefix("fit_only_"))
+        fit = dict(solver=FitOnly(), refit=ALSFit(), final_fit=True)
+        students = {f"s{i}": Student(Hybrid(r), **fit) for i in range(k)}
+        recipe = MoIL(setup.task_loss, students, momentum=HalfLife(100), optimizer=opt)
     elif name in ARMS:  # moil_k: k independent Hybrid(r) students, one momentum target
         k = int(name.removeprefix("moil_"))
         students = {f"s{i}": Student(Hybrid(r)) for i in range(k)}
@@ -137,6 +145,8 @@ def measure(args: argparse.Namespace, size: str) -> dict:
         "wall_ms": 1e3 * slope(KS, wall),
         "percent_of_full_ft": 100 * slope(KS, cpu) / t_ft,
     }
+    fit_cpu = [times[f"fit_only_{k}"]["cpu_median"] for k in FIT_KS]
+    per_fit_only = {"cpu_ms": 1e3 * slope(FIT_KS, fit_cpu), "percent_of_full_ft": 100 * slope(FIT_KS, fit_cpu) / t_ft}
     rows, memory_ratios = [], {}
     for name in ARMS:
         row = [
@@ -164,7 +174,8 @@ def measure(args: argparse.Namespace, size: str) -> dict:
     mem = f", {per_student['mib']:+.1f} MiB" if memory else ""
     print(
         f"per extra student: {per_student['cpu_ms']:+.1f} ms cpu ({per_student['wall_ms']:+.1f} wall), "
-        f"{per_student['percent_of_full_ft']:.1f} % of a full-FT step{mem}; "
+        f"{per_student['percent_of_full_ft']:.1f} % of a full-FT step{mem}; per extra FitOnly student: "
+        f"{per_fit_only['cpu_ms']:+.1f} ms cpu ({per_fit_only['percent_of_full_ft']:.1f} %); "
         f"{time.perf_counter() - start:.0f} s for this size\n",
         flush=True,
     )
@@ -182,6 +193,7 @@ def measure(args: argparse.Namespace, size: str) -> dict:
         "ratios": paired,
         "memory_ratios": memory_ratios,
         "per_student": per_student,
+        "per_fit_only_student": per_fit_only,
     }
 
 
@@ -196,6 +208,8 @@ def growth(results: dict[str, dict]) -> tuple[dict[str, dict], list[str]]:
             "full_ft_ns_per_token_per_mparam": 1e9 * t_ft / res["tokens"] / (res["params"] / 1e6),
             "student_ms": 1e3 * slope_s,
             "student_percent": res["per_student"]["percent_of_full_ft"],
+            "fit_only_ms": res["per_fit_only_student"]["cpu_ms"],
+            "fit_only_percent": res["per_fit_only_student"]["percent_of_full_ft"],
             "student_ms_per_target": 1e3 * slope_s / res["targets"],
             "student_ns_per_r_d2": 1e9 * slope_s / (res["hybrid_rank"] * res["target_weights"]),
             "momentum_copy_mib": res["target_bytes"] / MIB,
@@ -235,7 +249,9 @@ def growth(results: dict[str, dict]) -> tuple[dict[str, dict], list[str]]:
         )
         + " (least-squares slope over k = 1, 2, 4, 8 students sharing one momentum target); "
         f"the intercept moil_1 − full_ft − slope (the shared target's EMA, plus the fit's "
-        f"and the timing's error) is {each('momentum_ms', '.1f')} ms.",
+        f"and the timing's error) is {each('momentum_ms', '.1f')} ms. A FitOnly student (no "
+        f"imitation steps, set by its final ALS fit) adds {each('fit_only_ms', '.1f')} ms "
+        f"({each('fit_only_percent', '.1f')} %; slope from k = 1 to 8).",
         f"Per target: that is {each('student_ms_per_target', '.3g')} ms per target per student, "
         f"{each('student_ns_per_r_d2', '.3g')} ns per r·d_in·d_out (the merge and its gradient "
         f"are O(r·d²) per target); one momentum copy of the targets is "
@@ -266,13 +282,16 @@ def summary(results: dict[str, dict]) -> str:
             res["ratios"]["moil_8/full_ft"],
             res["per_student"]["cpu_ms"],
             res["per_student"]["percent_of_full_ft"],
+            res["ratios"]["fit_only_8/full_ft"],
+            res["per_fit_only_student"]["percent_of_full_ft"],
         ]
         if res["peak_memory"]:
             row += [res["peak_memory"]["full_ft"]["peak_bytes"] / MIB, res["per_student"]["mib"]]
         rows.append(row)
     headers = [
         "size", "params", "targets", "tokens", "full_ft cpu ms", "lora ×", "moil_1 ×",
-        "moil_8 ×", "ms/student", "% of full_ft", "full_ft peak MiB", "MiB/student",
+        "moil_8 ×", "ms/student", "% of full_ft", "fit_only_8 ×", "% per FitOnly",
+        "full_ft peak MiB", "MiB/student",
     ]
     return common.table(headers[: len(rows[0])], rows)
 

@@ -154,8 +154,9 @@ def test_observer_overhead_times_every_arm(tmp_path):
 
 
 def test_scaling_times_every_arm_and_k(tmp_path, capsys):
-    """Every arm of ``scaling.py`` (full FT, LoRA, MoIL with k = 1, 2, 4, 8 students) gets
-    a positive finite wall and CPU time, paired ratio and per-student slope; a memory child
+    """Every arm of ``scaling.py`` (full FT, LoRA, MoIL with k = 1, 2, 4, 8 students, and
+    k = 1, 8 FitOnly students) gets a positive finite wall and CPU time, paired ratio and
+    per-student slope (stepped and FitOnly); a memory child
     (run in-process here) reports a positive peak (tiny, 1 round × 1 step)."""
     scaling, threads, path = _load("scaling"), torch.get_num_threads(), tmp_path / "scaling.json"
     tiny = ["--sizes", "tiny", "--steps", "1", "--rounds", "1", "--device", "cpu", "--threads", "1"]
@@ -169,7 +170,7 @@ def test_scaling_times_every_arm_and_k(tmp_path, capsys):
     written = json.loads(path.read_text())
     assert written["results"]["tiny"]["ratios"] == pytest.approx(result["results"]["tiny"]["ratios"])
     tiny_result = written["results"]["tiny"]
-    arms = {"full_ft", "lora", "moil_1", "moil_2", "moil_4", "moil_8"}
+    arms = {"full_ft", "lora", "moil_1", "moil_2", "moil_4", "moil_8", "fit_only_1", "fit_only_8"}
     assert set(tiny_result["seconds_per_step"]) == arms
     for arm, t in tiny_result["seconds_per_step"].items():
         for key in ("median", "cpu_median"):
@@ -178,6 +179,7 @@ def test_scaling_times_every_arm_and_k(tmp_path, capsys):
     _check_ratios(tiny_result["ratios"])
     assert tiny_result["ratios"]["full_ft/full_ft"] == 1.0
     assert math.isfinite(tiny_result["per_student"]["cpu_ms"])
+    assert math.isfinite(tiny_result["per_fit_only_student"]["cpu_ms"])
     assert tiny_result["tokens"] == tiny_result["batch"] * tiny_result["sequence"] > 0
     assert "----" in printed and "growth in words" in printed and len(written["growth_words"]) == 3
     mark = [ln for ln in child.splitlines() if ln.startswith("@@MEMORY@@")]
