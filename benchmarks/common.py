@@ -47,6 +47,7 @@ from moil.approx import LowRank
 from moil.backbones import Backbone, vilt, visualbert
 from moil.backbones.family import seeded
 from moil.objectives import ImageTextMatching
+from moil.precision import DTYPES, Autocast, autocast_forward
 
 SIZES = ("tiny", "demo", "vilt-b32", "vilt-l")
 #: Hybrid rank per size (the brief's defaults: 8 for demo/tiny, the reference 96 for ViLT-B/32).
@@ -71,6 +72,8 @@ class Setup:
     rank: int
     description: str
     task_loss: Any = attrs.field(factory=ImageTextMatching)
+    #: the forward's autocast dtype (``--precision bf16``/``fp16``), ``None`` for fp32
+    precision: torch.dtype | None = None
 
     def new_batch(self, seed: int) -> dict[str, Tensor]:
         """Another batch of the same shapes (fresh random inputs and labels)."""
@@ -145,8 +148,10 @@ def _vilt_l(seed: int) -> torch.nn.Module:
     return _vilt_b32(seed, hidden=1024, layers=24, heads=16)
 
 
-def build(size: str, device: str = "cpu", seed: int = 0) -> Setup:
-    """The model, backbone (q/k/v targets, ITM head + pooler) and a batch for ``size``."""
+def build(size: str, device: str = "cpu", seed: int = 0, precision: str = "fp32") -> Setup:
+    """The model, backbone (q/k/v targets, ITM head + pooler) and a batch for ``size``;
+    ``precision`` ``bf16``/``fp16`` runs the forward under autocast (``moil.precision``),
+    as ``moil train``'s ``precision`` does: masters and the imitation stay fp32."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got size={size!r}.")
     dev = torch.device(device)
@@ -172,7 +177,10 @@ def build(size: str, device: str = "cpu", seed: int = 0) -> Setup:
         f"{type(model).__name__} ({n / 1e6:.2f} M params, {len(backbone.targets)} q/k/v targets), "
         f"batch {shape}"
     )
-    return Setup(size, dev, model, backbone, batch, HYBRID_RANK[size], desc)
+    dtype = None if precision == "fp32" else DTYPES[precision]
+    if dtype is not None:
+        backbone, desc = Autocast(backbone, dtype), f"{desc}, forward under {precision} autocast"
+    return Setup(size, dev, model, backbone, batch, HYBRID_RANK[size], desc, precision=dtype)
 
 
 # -- sizes of stored adapters ---------------------------------------------------
@@ -257,8 +265,14 @@ def torch_train_step(setup: Setup, model: torch.nn.Module) -> Callable[[], None]
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.98), weight_decay=0.01)
     bb, batch = setup.backbone, setup.batch
 
+    def forward() -> dict[str, Tensor]:
+        return bb.outputs(model(**bb.inputs(batch)), batch)
+
     def step() -> None:
-        out = bb.outputs(model(**bb.inputs(batch)), batch)
+        if setup.precision is None:
+            out = forward()
+        else:  # the same autocast as moil's (floating outputs back to fp32)
+            out = autocast_forward(forward, setup.precision, setup.device.type)
         setup.task_loss(out, batch).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -425,8 +439,11 @@ def run_children(script: str, argvs: dict[str, list[str]]) -> dict[str, dict[str
 
 
 # -- command line and reporting ----------------------------------------------------
-def parser(description: str, *, steps_help: str, rounds: bool = False) -> argparse.ArgumentParser:
-    """The options every benchmark shares; ``rounds``: also ``--rounds`` (interleaved timings)."""
+def parser(
+    description: str, *, steps_help: str, rounds: bool = False, precision: bool = False
+) -> argparse.ArgumentParser:
+    """The options every benchmark shares; ``rounds``: also ``--rounds`` (interleaved timings);
+    ``precision``: also ``--precision`` (scripts that pass it on to :func:`build`)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--size", choices=SIZES, default="demo")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -435,6 +452,13 @@ def parser(description: str, *, steps_help: str, rounds: bool = False) -> argpar
         p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default: per size)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the numbers here")
     p.add_argument("--seed", type=int, default=0)
+    if precision:
+        p.add_argument(
+            "--precision",
+            choices=("fp32", *DTYPES),
+            default="fp32",
+            help="the forward's precision: bf16/fp16 autocast (fp32 masters), as moil train's",
+        )
     p.add_argument(
         "--threads",
         type=int,
@@ -460,6 +484,8 @@ def steps_and_rounds(args: argparse.Namespace, steps: int, rounds: int) -> tuple
 def child_argv(args: argparse.Namespace) -> list[str]:
     """The options a memory subprocess needs to rebuild the same setup."""
     out = ["--size", args.size, "--device", args.device, "--seed", str(args.seed)]
+    if hasattr(args, "precision"):
+        out += ["--precision", args.precision]
     return out + (["--threads", str(args.threads)] if args.threads else [])
 
 

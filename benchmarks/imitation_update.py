@@ -112,11 +112,13 @@ def make_arms(setup: common.Setup, baseline: str | None = None, names=ARMS) -> d
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = common.parser(__doc__.splitlines()[0], steps_help="timed steps per arm per round", rounds=True)
+    p = common.parser(
+        __doc__.splitlines()[0], steps_help="timed steps per arm per round", rounds=True, precision=True
+    )
     p.add_argument("--baseline", metavar="REV", help="also run moil and full_ft with git revision REV's code")
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="the arms to run (default: all)")
     args = common.parse(p, argv)
-    setup = common.build(args.size, args.device, args.seed)
+    setup = common.build(args.size, args.device, args.seed, args.precision)
     steps, rounds = DEFAULTS[args.size]
     steps, rounds = common.steps_and_rounds(args, steps, rounds)
     names = [n for n in ARMS if n in args.arms or n == "full_ft"]

@@ -103,12 +103,14 @@ def memory_floor(setup: common.Setup, memory: dict) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = common.parser(__doc__.splitlines()[0], steps_help="timed steps per arm per round", rounds=True)
+    p = common.parser(
+        __doc__.splitlines()[0], steps_help="timed steps per arm per round", rounds=True, precision=True
+    )
     p.add_argument("--memory-steps", type=int, default=2, help="steps per memory subprocess")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--memory-arm", default=None, help=common.argparse.SUPPRESS)
     args = common.parse(p, argv)
-    setup = common.build(args.size, args.device, args.seed)
+    setup = common.build(args.size, args.device, args.seed, args.precision)
     if args.memory_arm:  # child process: one arm, fresh
         common.measure_in_child(
             setup, lambda: make_arm(setup, args.memory_arm, copy_model=False), args.memory_steps

@@ -223,3 +223,24 @@ def test_imitation_update_times_the_update_in_every_moil_arm(run):
     assert imitation_module.flush_subnormals is flush_subnormals
     assert imitation_module.Imitation.update.__name__ == "update"
     assert "imitation_update" in printed and "----" in printed
+
+
+def test_precision_bf16_reaches_every_forward():
+    """``--precision bf16`` autocasts the forward of moil's recipes (the backbone) and of
+    the plain-PyTorch arms alike: a q projection's output is bf16 in both, fp32 without."""
+    from moil.recipes import FullFineTune, default_optimizer
+
+    common = _load("common")
+    threads = torch.get_num_threads()
+    try:
+        for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+            setup = common.build("tiny", "cpu", 0, precision)
+            seen = []
+            query = setup.model.get_submodule(setup.backbone.targets[0])
+            query.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+            recipe = FullFineTune(setup.task_loss, optimizer=default_optimizer(total_steps=10))
+            common.recipe_step(recipe, setup)()
+            common.torch_train_step(setup, common.torch_full_ft(setup, copy_model=False))()
+            assert seen and set(seen) == {dtype}, (precision, seen)
+    finally:
+        torch.set_num_threads(threads)
