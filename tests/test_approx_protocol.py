@@ -7,7 +7,10 @@ import re
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import moil.approx as ma
 from moil.approx import Approximation, Hybrid, LowRank, OutputHybrid, OutputTransform, Transform, on_side
 
 BUILT_INS = [
@@ -249,3 +252,125 @@ def test_vmap_over_params_equals_a_loop(approx):
     for k, p in enumerate(batch):
         torch.testing.assert_close(w[k], approx.weight(p, w0), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(b[k], approx.bias(p, w0, b0), rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------- the laws on awkward shapes, dtypes and layouts
+
+CLASSES = (LowRank, Transform, OutputTransform, Hybrid, OutputHybrid)
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 4e-2}
+
+
+@st.composite
+def awkward_layers(draw):
+    """An approximation on a ``(out, in)`` layer with ``out ≠ in`` either way, ``1 × n`` and
+    ``n × 1``, ranks from 1 to ``min(out, in)`` (``transform_rank`` drawn apart from
+    ``rank``), float64/float32/bfloat16, with or without bias, ``w0`` zero or scaled by
+    1e-3…1e3 and stored transposed (non-contiguous) or not."""
+    out, inp = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    cls = draw(st.sampled_from(CLASSES))
+    limit = min(out, inp)
+    rank = draw(st.integers(1, limit))
+    if cls in (Hybrid, OutputHybrid):
+        approx = cls(rank, transform_rank=draw(st.none() | st.integers(1, limit)),
+                     scale=draw(st.sampled_from([1.0, 0.5, -2.0])))
+    elif cls is LowRank:
+        approx = cls(rank, scale=draw(st.sampled_from([1.0, 0.25, -3.0])))
+    else:
+        approx = cls(rank)
+    dtype = draw(st.sampled_from(list(TOL)))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
+    scale = draw(st.sampled_from([0.0, 1e-3, 1.0, 1e3]))
+    w0 = torch.randn(inp, out, generator=g, dtype=torch.float64).T * scale  # (out, in), non-contiguous
+    if not draw(st.booleans()):
+        w0 = w0.contiguous()
+    b0 = torch.randn(out, generator=g, dtype=torch.float64) * scale if draw(st.booleans()) else None
+    params = {k: (0.4 * torch.randn(v.shape, generator=g, dtype=torch.float64)).to(dtype)
+              for k, v in approx.init(w0.to(dtype)).items()}
+    x = torch.randn(3, inp, generator=g, dtype=torch.float64).to(dtype)
+    return approx, w0.to(dtype), None if b0 is None else b0.to(dtype), params, x
+
+
+def sequential(approx, p, w0, b0, x):
+    """The adapted layer computed step by step in float64, never forming ``Ŵ``:
+    ``x' = x + U(D x + a) + c`` then ``(W0 + s·B A) x' + b0`` (input side), or
+    ``y = (W0 + s·B A) x + b0`` then ``y + U(D y + a) + c`` (output side)."""
+    p = {k: v.double() for k, v in p.items()}
+    w0, x = w0.double(), x.double()
+    b0 = torch.zeros(w0.shape[0], dtype=torch.float64) if b0 is None else b0.double()
+
+    def layer(v):
+        y = v @ w0.T + b0
+        if "lora_a" in p:
+            y = y + approx.scale * (v @ p["lora_a"].T) @ p["lora_b"].T
+        return y
+
+    def adapter(v):
+        return v + (v @ p["transform_down"].T + p["transform_down_bias"]) @ p["transform_up"].T + p["transform_up_bias"]
+
+    if isinstance(approx, LowRank):
+        return layer(x)
+    return layer(adapter(x)) if isinstance(approx, (Transform, Hybrid)) else adapter(layer(x))
+
+
+def stored_size(approx, out, inp):
+    """The table's formula: ``r(in + out)`` (LowRank), ``2 r d + r + d`` (transform,
+    ``d = in`` input side, ``out`` output side), their sum (hybrids)."""
+    low = approx.rank * (inp + out) if isinstance(approx, (LowRank, Hybrid, OutputHybrid)) else 0
+    if isinstance(approx, LowRank):
+        return low
+    r_t = approx.rank if isinstance(approx, (Transform, OutputTransform)) else approx.transform_rank or approx.rank
+    d = inp if isinstance(approx, (Transform, Hybrid)) else out
+    return low + 2 * r_t * d + r_t + d
+
+
+@settings(derandomize=True, max_examples=150, deadline=None)
+@given(case=awkward_layers())
+def test_merged_weight_is_the_adapted_forward_on_awkward_layers(case):
+    """Laws, on every case of :func:`awkward_layers`: (1) the merged weight is the adapted
+    forward, ``x Ŵᵀ + b̂ = sequential(x)`` (tolerance of the dtype); (2) ``Ŵ``/``b̂`` keep
+    ``w0``'s shape and dtype; (3) merge ∘ init is the identity, exactly (``Ŵ = W0``,
+    ``b̂ = b0``, zeros for a new bias): un-merging needs no stored copy; (4) ``num_params``
+    = the size of ``init``'s tensors = the stored-size formula; (5) ``weight_and_bias`` =
+    ``(weight, bias)`` exactly; (6) the adapter ``Adapter.merge`` leaves ``base`` as it was."""
+    approx, w0, b0, params, x = case
+    out, inp = w0.shape
+    w, b = approx.weight_and_bias(params, w0, b0)
+    assert w.shape == (out, inp) and w.dtype == w0.dtype
+    assert (b is None) == (b0 is None and isinstance(approx, LowRank))
+    got = (x @ w.T + (0 if b is None else b)).double()
+    want = sequential(approx, params, w0, b0, x)
+    tol = TOL[w0.dtype] * (1 + want.abs().max())
+    torch.testing.assert_close(got, want, rtol=0, atol=float(tol))
+    assert torch.equal(w, approx.weight(params, w0))
+    assert (b is None and approx.bias(params, w0, b0) is None) or torch.equal(b, approx.bias(params, w0, b0))
+    fresh = approx.init(w0, b0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(approx.weight(fresh, w0), w0)
+    b_init = approx.bias(fresh, w0, b0)
+    assert (b0 is None and (b_init is None or not b_init.any())) or torch.equal(b_init, b0)
+    size = sum(v.numel() for v in fresh.values())
+    assert approx.num_params(out, inp) == size == stored_size(approx, out, inp)
+    base = {"l.weight": w0} | ({} if b0 is None else {"l.bias": b0})
+    before = {k: v.clone() for k, v in base.items()}
+    merged = ma.Adapter(approx, ["l"]).merge({f"l::{k}": v for k, v in params.items()}, base)
+    assert torch.equal(merged["l.weight"], w)
+    assert all(torch.equal(base[k], before[k]) for k in before)
+
+
+@settings(derandomize=True, max_examples=40, deadline=None)
+@given(cls=st.sampled_from(CLASSES), out=st.integers(1, 6), inp=st.integers(1, 6), extra=st.integers(1, 3),
+       which=st.sampled_from(["rank", "transform_rank"]))
+def test_rank_above_min_dim_is_refused_naming_the_field(cls, out, inp, extra, which):
+    """Law: a rank (or ``transform_rank``) above ``min(out, in)`` is refused by ``shapes``,
+    ``init`` and ``num_params`` alike with a ValueError naming the field, its value and
+    the limit; the same approximation at the limit is accepted."""
+    limit = min(out, inp)
+    hybrid = cls in (Hybrid, OutputHybrid)
+    which = which if hybrid else "rank"
+    bad = cls(**{"rank": 1, which: limit + extra}) if hybrid else cls(limit + extra)
+    message = re.escape(f"{which}={limit + extra} is larger than min(out_features, in_features)={limit}")
+    for call in (lambda: bad.shapes(out, inp), lambda: bad.init(torch.zeros(out, inp)),
+                 lambda: bad.num_params(out, inp)):
+        with pytest.raises(ValueError, match=message):
+            call()
+    good = cls(**{"rank": 1, which: limit}) if hybrid else cls(limit)
+    assert good.num_params(out, inp) == stored_size(good, out, inp)

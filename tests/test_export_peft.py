@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import tempfile
 
 import pytest
 import torch
 import transformers
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors import safe_open
 from torch.func import functional_call
 
@@ -175,3 +179,53 @@ def test_head_module_overlapping_a_target_is_refused(tmp_path):
             heads={"classifier.bias": torch.zeros(3)},
             head_modules=["bert.pooler"],
         )
+
+
+# -------------------------------------------------------------- awkward students in PEFT
+
+LAYER = "bert.encoder.layer.0"
+QKV = tuple(f"{LAYER}.attention.self.{n}" for n in ("query", "key", "value"))
+DENSE = (f"{LAYER}.intermediate.dense", f"{LAYER}.output.dense")  # (37, 16) and (16, 37)
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 6e-2}
+
+
+@functools.cache
+def _small_bert(dtype: torch.dtype) -> transformers.BertForSequenceClassification:
+    torch.manual_seed(0)
+    config = transformers.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=37, vocab_size=99, num_labels=3, initializer_range=0.2)
+    return transformers.BertForSequenceClassification(config).eval().to(dtype)
+
+
+@settings(derandomize=True, max_examples=10, deadline=None)
+@given(
+    targets=st.sampled_from([QKV, DENSE, QKV + DENSE]),
+    rank=st.integers(1, 16),
+    scale=st.sampled_from([1.0, -0.5, 0.3, 2.5]),
+    share=st.booleans(),
+    dtype=st.sampled_from(list(TOLERANCE)),
+    seed=st.integers(0, 2**31),
+)
+def test_peft_loads_awkward_students_with_equal_outputs(targets, rank, scale, share, dtype, seed):
+    """Law: for LowRank students of rank 1 … min(out, in) (= 16, full rank, included) on
+    square q/k/v and non-square MLP targets, scales with a non-integer or negative
+    ``lora_alpha = s·r``, a q/k/v-shared ``lora_a``, in float64/float32/bfloat16 models,
+    PeftModel.from_pretrained(export) — and its merge_and_unload() — give the adapted
+    model's outputs functional_call(model, merge(params)) within the dtype's tolerance."""
+    model = _small_bert(dtype)
+    named = dict(model.named_parameters())
+    base = {f"{t}.{k}": named[f"{t}.{k}"].detach() for t in targets for k in ("weight", "bias")}
+    sharing = ma.Sharing({"lora_a"}) if share and targets == QKV else None
+    adapter = ma.Adapter(ma.LowRank(rank, scale=scale), targets, sharing)
+    g = torch.Generator().manual_seed(seed)
+    params = {k: (0.2 * torch.randn(v.shape, generator=g, dtype=torch.float64)).to(dtype)
+              for k, v in adapter.init(base).items()}
+    batch = _batch()
+    with torch.no_grad():
+        want = functional_call(model, adapter.merge(params, base), (), batch).logits
+    tol = TOLERANCE[dtype] * (1 + float(want.abs().max()))
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = peft.PeftModel.from_pretrained(copy.deepcopy(model), export_peft(f"{tmp}/lora", adapter, params)).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(**batch).logits, want, rtol=0, atol=tol)
+            torch.testing.assert_close(loaded.merge_and_unload()(**batch).logits, want, rtol=0, atol=tol)

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import tempfile
 from collections.abc import Mapping
 
 import attrs
 import pytest
 import torch
+import transformers
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor
+from torch.func import functional_call
 
 import moil.approx as ma
 from moil.checkpoint import CheckpointMismatchError, CorruptCheckpointError
-from moil.export import decode_component, encode_component, load_student, save_student
+from moil.export import decode_component, encode_component, export_merged, load_student, merged_copy, save_student
 
 TARGETS = tuple(
     f"enc.layer.{i}.attention.self.{n}" for i in range(2) for n in ("query", "key", "value")
@@ -253,3 +259,73 @@ def test_save_rejects_what_it_cannot_store(tmp_path):
     with pytest.raises(CheckpointMismatchError, match="do not belong"):
         save_student(tmp_path / "s", adapter, {"other.layer::lora_a": torch.zeros(1)})
     assert not (tmp_path / "s").exists()
+
+
+# ------------------------------- reloaded into a plain transformers model, awkward cases
+
+LAYER = "bert.encoder.layer.0"
+QKV = tuple(f"{LAYER}.attention.self.{n}" for n in ("query", "key", "value"))
+DENSE = (f"{LAYER}.intermediate.dense", f"{LAYER}.output.dense")  # (37, 16) and (16, 37)
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 6e-2}
+
+
+@functools.cache
+def _bert(dtype: torch.dtype) -> transformers.BertForSequenceClassification:
+    torch.manual_seed(0)
+    config = transformers.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=37, vocab_size=50, num_labels=3, initializer_range=0.2)
+    return transformers.BertForSequenceClassification(config).eval().to(dtype)
+
+
+def _logits(model, tensors=None):
+    ids = torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        if tensors is None:
+            return model(input_ids=ids).logits
+        return functional_call(model, tensors, (), {"input_ids": ids}).logits
+
+
+@st.composite
+def students(draw):
+    """Any built-in approximation on square (q/k/v, 16 × 16) or non-square (the MLP's
+    37 × 16 and 16 × 37) targets, ranks 1 … the smallest ``min(out, in)``, ``transform_rank``
+    apart, scales ≠ 1, q/k/v sharing where it applies, in a float64/float32/bfloat16 model."""
+    targets = draw(st.sampled_from([QKV, DENSE, QKV + DENSE]))
+    r, r_t = draw(st.integers(1, 16)), draw(st.integers(1, 16))
+    scale = draw(st.sampled_from([1.0, -0.5, 0.3]))
+    approx = draw(st.sampled_from([ma.LowRank(r, scale=scale), ma.Transform(r), ma.OutputTransform(r),
+                                   ma.Hybrid(r, transform_rank=r_t, scale=scale), ma.OutputHybrid(r, transform_rank=r_t)]))
+    # q/k/v share what reads their one input: the transform, or LowRank's lora_a.
+    keys = approx.shareable & set(ma.TRANSFORM_KEYS) or approx.shareable
+    sharing = ma.Sharing(keys) if targets == QKV and keys and draw(st.booleans()) else None
+    return approx, targets, sharing, draw(st.sampled_from(list(TOLERANCE))), draw(st.integers(0, 2**31))
+
+
+@settings(derandomize=True, max_examples=12, deadline=None)
+@given(students())
+def test_reloaded_student_merged_into_a_plain_model_gives_the_adapted_outputs(case):
+    """Law: for any stored student, load_student → merge → merged_copy of a fresh plain
+    transformers model (and export_merged → from_pretrained) gives the adapted model's
+    outputs — functional_call(model, merge(params)) — within the dtype's tolerance; the
+    reloaded merge is bit-identical to the original's."""
+    approx, targets, sharing, dtype, seed = case
+    model = _bert(dtype)
+    named = dict(model.named_parameters())
+    base = {f"{t}.{k}": named[f"{t}.{k}"].detach() for t in targets for k in ("weight", "bias")}
+    adapter = ma.Adapter(approx, targets, sharing)
+    g = torch.Generator().manual_seed(seed)
+    params = {k: (0.1 * torch.randn(v.shape, generator=g, dtype=torch.float64)).to(dtype)
+              for k, v in adapter.init(base).items()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    merged = adapter.merge(params, base)
+    want = _logits(model, merged)
+    with tempfile.TemporaryDirectory() as tmp:
+        student = load_student(save_student(f"{tmp}/s", adapter, params), base=base)
+        again = student.adapter.merge(student.params, base)
+        assert again.keys() == merged.keys() and all(torch.equal(again[k], merged[k]) for k in merged)
+        fresh = _bert(dtype)
+        tol = TOLERANCE[dtype] * (1 + float(want.abs().max()))
+        torch.testing.assert_close(_logits(merged_copy(fresh, again)), want, rtol=0, atol=tol)
+        reloaded = type(model).from_pretrained(export_merged(model, again, f"{tmp}/m"), dtype=dtype).eval()
+        torch.testing.assert_close(_logits(reloaded), want, rtol=0, atol=tol)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # untouched

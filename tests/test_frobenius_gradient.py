@@ -104,3 +104,31 @@ def test_gradient_solver_closed_form_matches_autograd_steps(approx):
         torch.testing.assert_close(a[k], b[k], rtol=1e-9, atol=1e-12)
     for key in ("imitation_loss", "distance"):
         torch.testing.assert_close(ma[key], mb[key], rtol=1e-9, atol=1e-12)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(case=cases(), low=st.sampled_from([torch.bfloat16, torch.float16]), steps=st.sampled_from([1, 2]))
+def test_a_float32_target_of_low_precision_weights(case, low, steps):
+    """Law: a momentum target kept in float32 for bf16/fp16 weights (MomentumTarget's
+    accumulator) is followed like one in the weights' dtype: the closed-form gradient equals
+    autograd's of the same loss (tolerance of the low dtype), with and without the reused
+    ``Δ`` of ``Gradient(k > 1)``, and the solver's step stays in the params' dtype."""
+    approx, out, inp, shared, bias, loss, seed = case
+    adapter, base, params, target = _problem(approx, out, inp, shared, bias, seed)
+    base = {k: v.to(low) for k, v in base.items()}
+    params = {k: v.to(low) for k, v in params.items()}
+    target = {k: v.to(low).float() for k, v in target.items()}  # the teacher's values, widened
+    weight = closed_form_weights(loss, adapter)
+    grads, value, _ = frobenius_gradient(adapter, base, params, target, weight)
+    leaves = {k: v.double().requires_grad_(True) for k, v in params.items()}
+    expected = loss(adapter.merge(leaves, {k: v.double() for k, v in base.items()}), {k: v.double() for k, v in target.items()})
+    auto = dict(zip(leaves, torch.autograd.grad(expected, list(leaves.values()))))
+    for k in params:
+        assert grads[k].dtype == low
+        scale = 1 + float(auto[k].abs().max())
+        torch.testing.assert_close(grads[k].double(), auto[k], rtol=0, atol=0.05 * scale, msg=k)
+    torch.testing.assert_close(value.double(), expected.detach(), rtol=0.05, atol=0.05)
+    opt = AdamW(lr=1e-3)
+    new, _, metrics = Gradient(steps).update(adapter, base, params, opt.init(params), opt, target, step=0)
+    assert all(new[k].dtype == low and new[k].isfinite().all() for k in params)
+    assert metrics["distance"].isfinite()

@@ -244,3 +244,31 @@ def test_output_error_is_row_norm():
     assert_close(output_error(delta, x), torch.tensor([[5.0, 3.0]]), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match=r"\(\.\.\., 2\)"):
         output_error(delta, torch.ones(3))
+
+
+@settings(derandomize=True, max_examples=40, deadline=None)
+@given(
+    seed=seeds, n=st.integers(1, 12), out_f=dims, in_f=dims, augmented=st.booleans(),
+    weights=st.sampled_from([torch.float64, torch.float32, torch.bfloat16]),
+    moment=st.sampled_from([torch.float64, torch.float32]),
+)
+def test_data_aware_loss_in_mixed_dtypes_is_the_output_error(seed, n, out_f, in_f, augmented, weights, moment):
+    """Law: for weights (and biases) of any float dtype and a moment of another (float64, as
+    ``input_moments`` returns it), plain or augmented, the loss is mean_x ‖D x (+ e)‖² on the
+    rounded values, computed in the wider dtype (its result dtype)."""
+    g = torch.Generator().manual_seed(seed)
+    x = _randn(g, n, in_f)
+    target, student = _layers(seed, out_f, in_f), _layers(seed + 1, out_f, in_f)
+    target, student = ({k: v.to(weights) for k, v in d.items()} for d in (target, student))
+    sigma = second_moment(x, augmented=augmented).to(moment)
+    got = data_aware_imitation_loss(student, target, {"a.weight": sigma})
+    assert got.dtype == torch.promote_types(weights, moment)
+    d = (target["a.weight"] - student["a.weight"]).double()
+    if augmented:  # [D, e] against the augmented moment of [x; 1]
+        d = torch.cat([d, (target["a.bias"] - student["a.bias"]).double()[:, None]], 1)
+    want = ((d @ sigma.double()) * d).sum()  # = mean_x ‖D x (+ e)‖² for the moment as rounded
+    if moment == torch.float64:
+        assert_close(want, ((x @ d[:, :in_f].T + (d[:, in_f] if augmented else 0)) ** 2).sum(-1).mean(), **F64)
+    # D is formed in the weights' dtype (here too), then widened: only the wide dtype rounds.
+    tol = 1e-10 if got.dtype == torch.float64 else 1e-5
+    assert_close(got.double(), want, rtol=tol, atol=tol)

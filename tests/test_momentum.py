@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import attrs
 import pytest
 import torch
@@ -9,11 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moil.momentum import (
+    REFERENCE_MOMENTUM,
     Constant,
+    HalfLife,
     LinearWarmup,
     MomentumState,
     MomentumTarget,
+    accumulation_dtype,
     ema_update,
+    half_life_of,
 )
 
 SETTINGS = settings(derandomize=True, max_examples=40, deadline=None)
@@ -275,3 +281,96 @@ def test_bad_schedule_value_fails_at_update():
     state = mt.update(state, {"w": torch.ones(2)})  # m = 1: fine
     with pytest.raises(ValueError, match="momentum=2.0"):
         mt.update(state, {"w": torch.ones(2)})
+
+
+# ---------------------------------------------------- the closed form on awkward inputs
+
+LOW = (torch.bfloat16, torch.float16)
+ALL_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+# Relative accuracy of the accumulated target (bf16/fp16 teachers accumulate in float32).
+ACC_TOL = {torch.float64: 1e-12, torch.float32: 2e-6}
+step_momenta = st.one_of(
+    st.sampled_from([0.0, 1.0, 0.5, 0.9, 0.99, REFERENCE_MOMENTUM]),
+    st.floats(min_value=0.0, max_value=1.0, allow_nan=False),
+)
+
+
+@settings(derandomize=True, max_examples=60, deadline=None)
+@given(
+    dtype=st.sampled_from(ALL_DTYPES),
+    momenta_=st.lists(step_momenta, min_size=0, max_size=25),
+    shape=st.sampled_from([(1,), (1, 7), (7, 1), (3, 4)]),
+    transposed=st.booleans(),
+    seed=seeds,
+)
+def test_target_after_n_steps_is_the_closed_form_weighted_sum(dtype, momenta_, shape, transposed, seed):
+    """Law: after updates with momenta m_0 … m_{n−1} towards teachers W_0 … W_{n−1},
+    W̄_n = (Π_k m_k) W̄_0 + Σ_k (1 − m_k) (Π_{j>k} m_j) W_k — for any schedule (0 and 1
+    included), any teacher dtype (bf16/fp16 kept in float32, :func:`accumulation_dtype`)
+    and non-contiguous (transposed) teacher tensors; compared in float64 with the formula
+    on the teachers' rounded values."""
+    n = len(momenta_)
+    mt = MomentumTarget(lambda k: momenta_[k])
+    g = torch.Generator().manual_seed(seed)
+
+    def draw():
+        flip = transposed and len(shape) == 2
+        w = torch.randn(shape[::-1] if flip else shape, generator=g, dtype=torch.float64).to(dtype)
+        return w.mT if flip else w  # a transposed view: non-contiguous
+
+    start, teachers = draw(), [draw() for _ in range(n)]
+    state = mt.init({"w": start})
+    for w in teachers:
+        state = mt.update(state, {"w": w})
+    acc = accumulation_dtype(dtype)
+    assert state.step == n and state.target["w"].dtype == acc and state.target["w"].shape == shape
+    want = math.prod(momenta_) * start.double()
+    for k, w in enumerate(teachers):
+        want = want + (1 - momenta_[k]) * math.prod(momenta_[k + 1 :]) * w.double()
+    tol = ACC_TOL[acc] * max(1, n)
+    torch.testing.assert_close(state.target["w"].double(), want, rtol=tol, atol=tol)
+    if n and momenta_[-1] == 0.0:  # momentum 0: the target *is* the last teacher, exactly
+        assert torch.equal(state.target["w"], teachers[-1].to(acc))
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_slow_momentum_keeps_moving_in_low_precision(dtype):
+    """Law: towards a fixed teacher W = 1 from W̄ = 0, n updates of the reference m = 0.9996
+    give 1 − mⁿ. A bf16/fp16 average would stall (bf16 sticks at 0.125 for n = 1000, each
+    step below half an ulp); the float32 accumulator follows the formula."""
+    mt = MomentumTarget(REFERENCE_MOMENTUM)
+    state = mt.init({"w": torch.zeros(3, dtype=dtype)})
+    for _ in range(1000):
+        state = mt.update(state, {"w": torch.ones(3, dtype=dtype)})
+    want = torch.full((3,), 1 - REFERENCE_MOMENTUM**1000, dtype=torch.float64)
+    torch.testing.assert_close(state.target["w"].double(), want, rtol=1e-5, atol=0)
+
+
+def test_accumulation_dtype_and_what_ema_update_accepts():
+    """bf16/fp16 accumulate in float32, float32/float64 in themselves; ema_update takes a
+    teacher of the dtype a target accumulates (exactly upcast) but refuses a wider one."""
+    assert [accumulation_dtype(d) for d in ALL_DTYPES] == [torch.float64, torch.float32, torch.float32, torch.float32]
+    target = {"w": torch.zeros(2)}
+    out = ema_update(target, {"w": torch.ones(2, dtype=torch.bfloat16)}, 0.25)
+    assert out["w"].dtype == torch.float32 and torch.equal(out["w"], torch.full((2,), 0.75))
+    with pytest.raises(ValueError, match="dtype mismatch at key 'w'"):
+        ema_update({"w": torch.zeros(2, dtype=torch.bfloat16)}, {"w": torch.ones(2)}, 0.5)
+
+
+@settings(derandomize=True, max_examples=30, deadline=None)
+@given(
+    h=st.one_of(st.integers(1, 400), st.floats(min_value=1.0, max_value=1e6, allow_nan=False)),
+    dtype=st.sampled_from((torch.float64, torch.float32, torch.bfloat16)),
+)
+def test_half_life_halves_the_distance(h, dtype):
+    """Law: HalfLife(h) is m = 2^(−1/h): m^h = 1/2 and half_life_of(m) = h; for an integer h,
+    h updates towards a fixed teacher halve the target's distance to it (any teacher dtype)."""
+    m = HalfLife(h)(0)
+    assert m**h == pytest.approx(0.5, rel=1e-9)
+    assert half_life_of(m) == pytest.approx(h, rel=1e-6)
+    if isinstance(h, int) and h <= 60:
+        mt = MomentumTarget(HalfLife(h))
+        state = mt.init({"w": torch.zeros(4, dtype=dtype)})
+        for _ in range(h):
+            state = mt.update(state, {"w": torch.ones(4, dtype=dtype)})
+        torch.testing.assert_close(state.target["w"].double(), torch.full((4,), 0.5, dtype=torch.float64), rtol=1e-5, atol=0)

@@ -100,3 +100,80 @@ def test_tolerance_must_be_a_finite_non_negative_number():
         with pytest.raises(ValueError, match=f"tolerance={bad!r}"):
             ALSFit(tolerance=bad)
     assert ALSFit(tolerance=0).tolerance == 0
+
+
+# ---------------------------------------- Eckart–Young and per-round descent, awkward cases
+
+FIT_TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
+
+
+@st.composite
+def fit_cases(draw, *, hybrid: bool):
+    """q/k/v-like targets reading one input of width ``in``, each of its own ``out`` (GQA:
+    k/v narrower than q), sides from 1 to 7 (``1 × n``, ``n × 1``), ranks up to the smallest
+    ``min(out, in)`` (``transform_rank`` apart from ``rank``), the transform shared or not,
+    float64/float32, ``W0`` zero or random, the update ``Δ`` full-rank or rank-deficient."""
+    inp, members = draw(st.integers(1, 7)), draw(st.integers(1, 3))
+    outs = draw(st.lists(st.integers(1, 7), min_size=members, max_size=members))
+    limit = min(min(outs), inp)
+    rank, r_t = draw(st.integers(1, limit)), draw(st.integers(1, limit))
+    dtype = draw(st.sampled_from(list(FIT_TOL)))
+    g = torch.Generator().manual_seed(draw(seeds))
+    zero_w0, delta_rank = draw(st.booleans()), draw(st.integers(0, limit))
+    names, base, target = [f"blk.attn.{n}" for n in ("query", "key", "value")[:members]], {}, {}
+    for name, out in zip(names, outs):
+        w0 = torch.zeros(out, inp, dtype=torch.float64) if zero_w0 else _randn(g, out, inp)
+        delta = _randn(g, out, delta_rank) @ _randn(g, delta_rank, inp)  # rank ≤ delta_rank
+        base[f"{name}.weight"], target[f"{name}.weight"] = w0.to(dtype), (w0 + delta).to(dtype)
+        base[f"{name}.bias"], target[f"{name}.bias"] = _randn(g, out).to(dtype), _randn(g, out).to(dtype)
+    approx = ma.Hybrid(rank, transform_rank=r_t) if hybrid else ma.LowRank(rank)
+    sharing = ma.Sharing(ma.TRANSFORM_KEYS) if hybrid and draw(st.booleans()) else None
+    return ma.Adapter(approx, names, sharing), base, target, dtype
+
+
+def _tail(base, target, names, rank) -> float:
+    """``Σ_t Σ_{i>r} σ_i(W̄_t − W0_t)²``, the Eckart–Young floor, in float64."""
+    return sum(float((torch.linalg.svdvals(target[f"{t}.weight"].double() - base[f"{t}.weight"].double())[rank:] ** 2).sum())
+               for t in names)
+
+
+@settings(derandomize=True, max_examples=60, deadline=None)
+@given(case=fit_cases(hybrid=False), seed=seeds)
+def test_svd_fit_is_the_eckart_young_optimum_on_awkward_cases(case, seed):
+    """Laws: SVDFit's ``Σ_t ‖W̄_t − Ŵ_t‖²`` equals the tail ``Σ_{i>r} σ_i²`` of each update's
+    singular values (so 0 when ``rank(Δ) ≤ r``), and no other rank-r student beats it: a
+    random rank-r ``B A`` and rank-r perturbations of the optimum are never closer."""
+    adapter, base, target, dtype = case
+    names, rank = adapter.targets, adapter.approx.rank
+    fitted = SVDFit().fit(adapter, base, target, adapter.init(base))
+    best, floor = _distance(adapter, fitted, base, target) ** 2, _tail(base, target, names, rank)
+    tol = FIT_TOL[dtype] * (1 + sum(float(target[f"{t}.weight"].double().square().sum()) for t in names))
+    assert abs(best - floor) <= tol
+    g = torch.Generator().manual_seed(seed)
+    others = [{k: _randn(g, *v.shape).to(dtype) for k, v in fitted.items()},
+              {k: v + 0.1 * _randn(g, *v.shape).to(dtype) for k, v in fitted.items()}]
+    for other in others:
+        assert _distance(adapter, other, base, target) ** 2 >= floor - tol
+
+
+@settings(derandomize=True, max_examples=40, deadline=None)
+@given(case=fit_cases(hybrid=True), seed=seeds)
+def test_als_never_increases_its_objective_per_round_on_awkward_cases(case, seed):
+    """Laws, from a random start and from the fresh init: the weight error after k rounds
+    (tolerance 0) is non-increasing in k = 1 … 4 and ≤ the start's; from the init it is ≤
+    the LowRank(r) Eckart–Young floor (Hybrid ⊇ LowRank); every fitted tensor is finite,
+    in the params' dtype and shape."""
+    adapter, base, target, dtype = case
+    fresh = adapter.init(base, generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed + 1)
+    start = {k: v + 0.3 * _randn(g, *v.shape).to(dtype) for k, v in fresh.items()}
+    scale = 1 + sum(float(target[f"{t}.weight"].double().square().sum()) for t in adapter.targets)
+    tol = FIT_TOL[dtype] * scale
+    for begin in (start, fresh):
+        errors = [_distance(adapter, begin, base, target) ** 2]
+        for k in range(1, 5):
+            fitted = ALSFit(iterations=k, tolerance=0).fit(adapter, base, target, begin)
+            assert all(v.isfinite().all() and v.dtype == dtype and v.shape == begin[n].shape for n, v in fitted.items())
+            errors.append(_distance(adapter, fitted, base, target) ** 2)
+        assert all(b <= a + tol for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] <= _tail(base, target, adapter.targets, adapter.approx.rank) + tol

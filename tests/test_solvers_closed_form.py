@@ -172,3 +172,25 @@ def test_als_refuses_the_output_side_by_type():
         adapter, base, target, params = _fit_case(approx, None)
         with pytest.raises(TypeError, match=type(approx).__name__):
             ALSFit().fit(adapter, base, target, params)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_fits_name_a_non_finite_weight(bad):
+    """Every closed-form fit refuses a target (or base) weight holding NaN/±inf with a
+    ValueError naming the fit and the key, instead of a LAPACK error or a NaN student."""
+    import moil.approx as ma
+    from moil.solvers import ALSFit, SVDFit, WhitenedALSFit, WhitenedSVDFit
+
+    for solver, approx, sharing in [(SVDFit(), ma.LowRank(2), None), (ALSFit(), ma.Hybrid(2), ma.TRANSFORM_KEYS)]:
+        adapter, base, target, params = _fit_case(approx, sharing)
+        moments = {f"{t}.weight": torch.eye(5) for t in adapter.targets}
+        white = WhitenedSVDFit(moments) if isinstance(solver, SVDFit) else WhitenedALSFit(moments)
+        key = f"{adapter.targets[1]}.weight"
+        for where in ("target", "base"):
+            spoiled = {**(target if where == "target" else base)}
+            spoiled[key] = spoiled[key].clone()
+            spoiled[key][1, 2] = bad
+            args = (spoiled, target) if where == "base" else (base, spoiled)
+            for fit in (solver, white):
+                with pytest.raises(ValueError, match=re.escape(f"{type(fit).__name__}: {where}[{key!r}] holds NaN or inf")):
+                    fit.fit(adapter, *args, params)

@@ -166,3 +166,63 @@ def test_input_moments_equal_the_recorded_inputs_and_leave_the_model_alone():
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in backbone.model.modules())
     for k, v in backbone.model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+# ------------------------------------------------------ the laws on awkward cases
+
+@st.composite
+def awkward(draw):
+    """Three targets reading one input: ``out``, ``in`` from 1 to 6 (``1 × n``, ``n × 1``),
+    ``n`` samples from 1 (Σ of rank 1, fewer samples than ``in``) to 12, inputs of scales
+    1e-3 … 1e3 per direction, weights float64 or float32 (the moments float64, as
+    ``input_moments`` gives them), ranks 1 … ``min(out, in)``, ``transform_rank`` apart."""
+    out, inp, n = draw(st.integers(1, 6)), draw(st.integers(1, 6)), draw(st.integers(1, 12))
+    limit = min(out, inp)
+    rank, r_t = draw(st.integers(1, limit)), draw(st.integers(1, limit))
+    dtype = draw(st.sampled_from([torch.float64, torch.float32]))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
+    base, target = {}, {}
+    for t in TARGETS:
+        w0 = torch.randn(out, inp, generator=g, dtype=torch.float64)
+        base[f"{t}.weight"] = w0.to(dtype)
+        target[f"{t}.weight"] = (w0 + torch.randn(out, inp, generator=g, dtype=torch.float64)).to(dtype)
+    x = torch.randn(n, inp, generator=g, dtype=torch.float64) * torch.logspace(-3, 3, inp, dtype=torch.float64)
+    return base, target, x, rank, r_t, dtype
+
+
+def _sigma_error(adapter, base, target, params, x) -> float:
+    merged = adapter.merge(params, base)
+    return sum(float(((target[f"{t}.weight"].double() - merged[f"{t}.weight"].double()) @ x.T).square().sum())
+               for t in TARGETS) / len(x)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(awkward())
+def test_whitened_fits_beat_frobenius_fits_on_the_sample_on_awkward_cases(case):
+    """Laws: (1) WhitenedSVDFit's output error on the sample is the floor Σ_{i>r} σ_i(Δ S)²
+    and ≤ SVDFit's — also with fewer samples than inputs (rank-deficient Σ); (2)
+    WhitenedALSFit (Hybrid, shared transform) is ≤ WhitenedSVDFit at the same low rank and
+    its rounds never raise the Σ-error (1 round ≥ 3 rounds); (3) every fitted tensor is
+    finite and in the weights' dtype."""
+    base, target, x, rank, r_t, dtype = case
+    moments = {f"{t}.weight": x.T @ x / len(x) for t in TARGETS}
+    scale = sum(float((target[f"{t}.weight"].double() @ x.T).square().sum()) for t in TARGETS) / len(x)
+    tol = (1e-9 if dtype == torch.float64 else 1e-4) * (1 + scale)
+    low = ma.Adapter(ma.LowRank(rank), TARGETS)
+    start = low.init(base, generator=torch.Generator().manual_seed(0))
+    white = WhitenedSVDFit(moments).fit(low, base, target, start)
+    e_white = _sigma_error(low, base, target, white, x)
+    e_frob = _sigma_error(low, base, target, SVDFit().fit(low, base, target, start), x)
+    floor = 0.0
+    for t in TARGETS:
+        s, _ = whitening(moments[f"{t}.weight"])
+        delta = target[f"{t}.weight"].double() - base[f"{t}.weight"].double()
+        floor += float((torch.linalg.svdvals(delta @ s)[rank:] ** 2).sum())
+    assert abs(e_white - floor) <= tol and e_white <= e_frob + tol
+    hybrid = ma.Adapter(ma.Hybrid(rank, transform_rank=r_t), TARGETS, ma.Sharing(ma.TRANSFORM_KEYS))
+    begin = hybrid.init(base, generator=torch.Generator().manual_seed(1))
+    one, three = (WhitenedALSFit(moments, iterations=k, tolerance=0).fit(hybrid, base, target, begin) for k in (1, 3))
+    for fitted in (white, one, three):
+        assert all(v.isfinite().all() and v.dtype == dtype for v in fitted.values())
+    e_one, e_three = (_sigma_error(hybrid, base, target, p, x) for p in (one, three))
+    assert e_three <= e_one + tol and e_one <= e_white + tol

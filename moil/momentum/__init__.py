@@ -6,7 +6,7 @@ with a schedule ``step -> m`` from :mod:`moil.schedules` (``Constant``, ``Cosine
 ``LinearWarmup``, ``HalfLife``, re-exported here) or any ``Callable[[int], float]``.
 """
 
-from moil.momentum.ema import MomentumState, MomentumTarget, ema_update
+from moil.momentum.ema import MomentumState, MomentumTarget, accumulation_dtype, ema_update
 from moil.momentum.half_life import (
     REFERENCE_MOMENTUM,
     MomentumWarning,
@@ -25,6 +25,7 @@ __all__ = [
     "MomentumTarget",
     "MomentumWarning",
     "Schedule",
+    "accumulation_dtype",
     "check_fits_run",
     "ema_update",
     "half_life_of",

@@ -24,7 +24,28 @@ from torch import Tensor
 from moil.momentum.half_life import check_momentum
 from moil.schedules import Constant, Schedule, bounds_of
 
-__all__ = ["MomentumState", "MomentumTarget", "ema_update"]
+__all__ = ["MomentumState", "MomentumTarget", "accumulation_dtype", "ema_update"]
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a momentum target of ``dtype`` weights is kept in: at least float32.
+
+    A bf16/fp16 average cannot follow a slow momentum: with ``m = 0.9996`` each step
+    moves ``W̄`` by ``4·10⁻⁴·(W − W̄)``, less than half a bf16 ulp of ``W̄``
+    (``2⁻⁹…2⁻⁸ |W̄|``) unless ``|W − W̄| ≳ 5 |W̄|``, so the step rounds away and the target
+    stops (towards a fixed ``W = 1`` from 0 it sticks at 0.125, not ``1 − m¹⁰⁰⁰ = 0.33``).
+    float32/float64 (and integers) are kept as they are.
+    """
+    if dtype in (torch.bfloat16, torch.float16):
+        return torch.float32
+    if dtype == torch.complex32:
+        return torch.complex64
+    return dtype
+
+
+def _widens(source: torch.dtype, target: torch.dtype) -> bool:
+    """A source of ``source`` dtype is averaged exactly into a target of a wider ``target``."""
+    return source != target and target == accumulation_dtype(source)
 
 
 def _check_pairs(target: Mapping[str, Tensor], source: Mapping[str, Tensor]) -> None:
@@ -42,7 +63,7 @@ def _check_pairs(target: Mapping[str, Tensor], source: Mapping[str, Tensor]) -> 
             ("dtype", t.dtype, s.dtype),
             ("device", t.device, s.device),
         ):
-            if a != b:
+            if a != b and not (what == "dtype" and _widens(s.dtype, t.dtype)):
                 raise ValueError(
                     f"ema_update: {what} mismatch at key {key!r}: "
                     f"target has {what} {a}, source has {what} {b}"
@@ -70,14 +91,16 @@ def ema_update(
 
     Args:
         target: ``{name: W̄}``, each tensor of any shape ``(*shape_name)``, floating dtype.
-        source: ``{name: W}`` with the same keys, each of the same shape, dtype and
-            device as the target tensor of that name (e.g. the teacher weights).
+        source: ``{name: W}`` with the same keys, each of the same shape and device as
+            the target tensor of that name (e.g. the teacher weights), and its dtype or
+            the bf16/fp16 one it accumulates (:func:`accumulation_dtype`: a float32
+            target of a bf16 teacher), upcast exactly before the average.
         momentum: ``m`` in ``[0, 1]``, a finite number.
 
     Returns:
-        A new dict ``{name: m·W̄ + (1−m)·W}``, shapes ``(*shape_name)``, in the key order
-        of ``target``; new tensors that do not require grad. Neither input dict nor any
-        input tensor is modified.
+        A new dict ``{name: m·W̄ + (1−m)·W}``, shapes ``(*shape_name)`` and dtypes of
+        ``target``, in its key order; new tensors that do not require grad. Neither input
+        dict nor any input tensor is modified.
 
     Raises:
         KeyError: the key sets differ (the message lists missing and extra keys).
@@ -100,16 +123,18 @@ def ema_update(
         if m == 1.0:
             return {k: t.detach().clone() for k, t in target.items()}
         if m == 0.0:
-            return {k: source[k].detach().clone() for k in target}
+            return {k: source[k].detach().to(t.dtype, copy=True) for k, t in target.items()}
         groups: dict[tuple[torch.device, torch.dtype], list[str]] = {}
-        for key, t in target.items():
-            groups.setdefault((t.device, t.dtype), []).append(key)
         out: dict[str, Tensor] = {}
+        for key, t in target.items():
+            s = source[key].detach()
+            if s.dtype != t.dtype:  # a bf16/fp16 teacher: upcast exactly, one key at a time
+                out[key] = torch.lerp(t.detach(), s.to(t.dtype), 1.0 - m)
+            else:
+                groups.setdefault((t.device, t.dtype), []).append(key)
         for keys in groups.values():
             # The out-of-place foreach op allocates new tensors; inputs stay untouched.
-            new = torch._foreach_lerp(
-                [target[k].detach() for k in keys], [source[k].detach() for k in keys], 1.0 - m
-            )
+            new = torch._foreach_lerp([target[k].detach() for k in keys], [source[k].detach() for k in keys], 1.0 - m)
             out.update(zip(keys, new))
         return {k: out[k] for k in target}
 
@@ -118,7 +143,8 @@ class MomentumState(NamedTuple):
     """State of a :class:`MomentumTarget`.
 
     Attributes:
-        target: ``{name: W̄}``, the momentum weights, each of its teacher's shape/dtype.
+        target: ``{name: W̄}``, the momentum weights, each of its teacher's shape, in
+            its teacher's dtype or at least float32 (:func:`accumulation_dtype`).
         step: number of updates applied so far (the next update uses ``schedule(step)``).
     """
 
@@ -180,11 +206,13 @@ class MomentumTarget:
             teacher: ``{name: W}``, tensors of any shape ``(*shape_name)``.
 
         Returns:
-            ``MomentumState(target={name: detached clone of W}, step=0)``; later changes
-            to ``teacher`` do not reach the state.
+            ``MomentumState(target={name: detached copy of W}, step=0)``, each copy in
+            :func:`accumulation_dtype` of ``W`` (float32 for a bf16/fp16 teacher, where a
+            slow momentum's steps would round away; other dtypes as they are); later
+            changes to ``teacher`` do not reach the state.
         """
         with torch.no_grad():
-            target = {k: w.detach().clone() for k, w in teacher.items()}
+            target = {k: w.detach().to(accumulation_dtype(w.dtype), copy=True) for k, w in teacher.items()}
         return MomentumState(target=target, step=0)
 
     def momentum(self, state: MomentumState) -> float:

@@ -267,7 +267,7 @@ def _data_aware_term(
     if not in_student:  # a bias-free layer: e = 0
         return term
     _check_pair(fn, student, target, [bias])
-    e = target[bias].detach() - student[bias]
+    e = (target[bias].detach() - student[bias]).to(wide)  # in the wide dtype too, as d
     return term + 2 * torch.dot(e, d @ sigma[:in_f, in_f]) + sigma[in_f, in_f] * torch.dot(e, e)
 
 

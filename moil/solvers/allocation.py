@@ -14,7 +14,9 @@ greedily: the next unit goes to the target whose next singular value buys the mo
 error per stored number, ``s_{t,r_t+1}² / c_t``. The gains of one target fall with its
 rank (``s`` is sorted), so with equal costs the greedy choice is exactly optimal; with
 unequal costs (a 0/1 knapsack) it is not always, and the uniform allocation that fits
-the budget is kept instead whenever it is better — never worse than uniform.
+the budget, topped up by the same greedy step, is kept instead whenever it is better —
+never worse than uniform. Either way no unit the leftover budget could still pay for is
+left out (the result is maximal).
 """
 
 from __future__ import annotations
@@ -80,10 +82,22 @@ def allocate_ranks(
       ValueError: an empty spectra, a cost ≤ 0, or a budget below ``min_rank`` everywhere.
     """
     _check(spectra, costs, budget, min_rank)
-    ranks = {t: min(min_rank, s.numel()) for t, s in spectra.items()}
-    left = budget - sum(costs[t] * r for t, r in ranks.items())
     gains = {t: (s.to(torch.float64) ** 2).tolist() for t, s in spectra.items()}
-    order = {t: i for i, t in enumerate(spectra)}  # ties go to the earlier target: deterministic
+    ranks = _fill(gains, costs, budget, {t: min(min_rank, s.numel()) for t, s in spectra.items()})
+    uniform = _uniform(spectra, costs, budget, min_rank)
+    if uniform is not None:
+        # The uniform start, topped up greedily: never worse than uniform, and (as the greedy
+        # one) no target left that one more unit of the leftover budget could improve.
+        uniform = _fill(gains, costs, budget, uniform)
+        if allocation_error(spectra, uniform) < allocation_error(spectra, ranks):
+            return uniform
+    return ranks
+
+
+def _fill(gains: Mapping[str, list[float]], costs: Mapping[str, int], budget: int, ranks: dict[str, int]) -> dict[str, int]:
+    """Greedy from ``ranks``: add the unit with the most ``s_{t,r_t+1}² / c_t`` while one fits."""
+    ranks, left = dict(ranks), budget - sum(costs[t] * r for t, r in ranks.items())
+    order = {t: i for i, t in enumerate(gains)}  # ties go to the earlier target: deterministic
     heap = [(-gains[t][r] / costs[t], order[t], t) for t, r in ranks.items() if r < len(gains[t])]
     heapq.heapify(heap)
     while heap:
@@ -94,9 +108,6 @@ def allocate_ranks(
         left -= costs[t]
         if ranks[t] < len(gains[t]):
             heapq.heappush(heap, (-gains[t][ranks[t]] / costs[t], order[t], t))
-    uniform = _uniform(spectra, costs, budget, min_rank)
-    if uniform is not None and allocation_error(spectra, uniform) < allocation_error(spectra, ranks):
-        return uniform
     return ranks
 
 

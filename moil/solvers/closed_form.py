@@ -20,7 +20,7 @@ from torch import Tensor
 from moil.approx import Adapter, LowRank, Transform
 from moil.approx.protocol import positive_int
 from moil.objectives import best_low_rank
-from moil.solvers.fit_forms import check_als_adapter, check_low_rank_adapter
+from moil.solvers.fit_forms import check_als_adapter, check_finite, check_low_rank_adapter
 from moil.solvers.regression import (
     Factors,
     low_rank_factors,
@@ -108,6 +108,7 @@ class SVDFit:
         self, adapter: Adapter, base: Tensors, target: Tensors, params: Tensors
     ) -> dict[str, Tensor]:
         approx = check_low_rank_adapter(adapter, "SVDFit", "ALSFit")
+        check_finite("SVDFit", adapter, base, target)
         out = dict(params)
         for t in adapter.targets:
             w0 = base[f"{t}.weight"]
@@ -225,6 +226,7 @@ class ALSFit:
         self, adapter: Adapter, base: Tensors, target: Tensors, params: Tensors
     ) -> dict[str, Tensor]:
         low, transform, groups = check_als_adapter(adapter, "ALSFit")
+        check_finite("ALSFit", adapter, base, target)
         out = dict(params)
         views = adapter.views(params)
         for members in groups.values():

@@ -33,7 +33,7 @@ from moil.approx import Adapter, LowRank, Transform
 from moil.approx.protocol import positive_int
 from moil.objectives import eckart_young
 from moil.solvers.closed_form import ALSRound, alternate, group_params, reduced_rank_regression, tolerance_field
-from moil.solvers.fit_forms import check_als_adapter, check_low_rank_adapter
+from moil.solvers.fit_forms import check_als_adapter, check_finite, check_low_rank_adapter
 
 __all__ = ["WhitenedALSFit", "WhitenedSVDFit", "whitening"]
 
@@ -103,6 +103,7 @@ class WhitenedSVDFit:
 
     def fit(self, adapter: Adapter, base: Tensors, target: Tensors, params: Tensors) -> dict[str, Tensor]:
         approx = check_low_rank_adapter(adapter, "WhitenedSVDFit", "WhitenedALSFit")
+        check_finite("WhitenedSVDFit", adapter, base, target)
         out = dict(params)
         for t in adapter.targets:
             w0 = base[f"{t}.weight"]
@@ -146,6 +147,7 @@ class WhitenedALSFit:
 
     def fit(self, adapter: Adapter, base: Tensors, target: Tensors, params: Tensors) -> dict[str, Tensor]:
         low, transform, groups = check_als_adapter(adapter, "WhitenedALSFit")
+        check_finite("WhitenedALSFit", adapter, base, target)
         out = dict(params)
         views = adapter.views(params)
         for members in groups.values():

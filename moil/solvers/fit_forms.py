@@ -10,9 +10,28 @@ run starts, not when the first fit runs (for a ``final_fit``, after the whole ru
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
 from moil.approx import TRANSFORM_KEYS, Adapter, Hybrid, LowRank, Transform
 
-__all__ = ["check_als_adapter", "check_low_rank_adapter"]
+__all__ = ["check_als_adapter", "check_finite", "check_low_rank_adapter"]
+
+
+def check_finite(fit: str, adapter: Adapter, base: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> None:
+    """Raise a ValueError naming the first ``"<t>.weight"``/``"<t>.bias"`` of ``base`` or
+    ``target`` that holds a NaN or ±inf (an SVD of it fails with a LAPACK error, or fits NaN)."""
+    for t in adapter.targets:
+        for where, tensors in (("target", target), ("base", base)):
+            for key in (f"{t}.weight", f"{t}.bias"):
+                value = tensors.get(key)
+                if value is not None and not bool(torch.isfinite(value).all()):
+                    raise ValueError(
+                        f"{fit}: {where}[{key!r}] holds NaN or inf values; a closed-form fit needs "
+                        "finite weights — check the teacher's training (loss scale, learning rate)."
+                    )
 
 
 def check_low_rank_adapter(adapter: Adapter, fit: str, other: str) -> LowRank:

@@ -79,6 +79,7 @@ def frobenius_gradient(
     for t in adapter.targets:
         w0, b0 = base[f"{t}.weight"], base.get(f"{t}.bias")
         tb = target.get(f"{t}.bias")
+        tb = None if tb is None else tb.detach().to(w0.dtype)  # a float32 target of bf16 weights
         # Terms of the input side alone (A and the transform) once per sharing group (q/k/v).
         key = tuple(id(views[t][n]) for n in _INPUT_SIDE if n in views[t])
         if key not in shared:
@@ -207,7 +208,7 @@ def _delta(tw: Tensor, w0: Tensor, scratch: dict | None = None) -> tuple[Tensor,
     """``(Δ = T − W0, ‖Δ‖²)``; into ``scratch``'s buffer of that shape when given (the
     previous target's ``Δ`` is dead by then: no result of :func:`_one_target` views it)."""
     if scratch is None:
-        delta = tw - w0
+        delta = (tw - w0).to(w0.dtype)  # a wider (float32) target of bf16 weights: Δ in W0's dtype
     else:
         key = (tuple(w0.shape), w0.dtype, w0.device)
         if key not in scratch:
