@@ -282,3 +282,25 @@ def test_gradient_solver_follows_the_task_step_schedule(backbone):
         grads = torch.func.grad(lambda p: imitation_loss(adapter.merge(p, base), target))(expected)
         expected, s = fixed.update(grads, s, expected)
     assert_trees_equal(new, expected, exact=False)
+
+
+def test_bf16_model_trains_and_every_candidate_runs():
+    """A bf16 model: the momentum target accumulates in float32 (``accumulation_dtype``),
+    and every candidate — student, teacher and target, the last cast back to the model's
+    dtype — runs through the bf16 backbone; the target is the float32 EMA rounded once."""
+    bb = vilt.build(vilt.tiny("itm", seed=0).to(torch.bfloat16))
+    recipe = MoIL(TASK, Hybrid(2), momentum=0.9, optimizer=OPT)
+    state = recipe.init(bb, seed=1)
+    low = lambda b: {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in b.items()}  # noqa: E731
+    batches = [low(b) for b in make_batches(2)]
+    for batch in batches:
+        state, _ = recipe.step(state, bb, batch)
+    target = state.targets["m0"].target
+    assert {w.dtype for w in target.values()} == {torch.float32}
+    candidates = recipe.candidates(recipe.finalize(state, bb), bb)
+    assert set(candidates) == {"student/student", "teacher", "target/m0"}
+    for name, params in candidates.items():
+        out = bb(params, batches[0])
+        assert out["itm_logits"].dtype == torch.bfloat16 and out["itm_logits"].isfinite().all(), name
+    for k, w in target.items():
+        assert torch.equal(candidates["target/m0"][k], w.to(torch.bfloat16)), k

@@ -160,8 +160,9 @@ class MoIL:
         _, imitation = self.parts(backbone)
         out = {f"student/{n}": {**w, **state.heads} for n, w in imitation.merged(state.imitation, backbone.base()).items()}
         out["teacher"] = {**state.teacher, **state.heads}
-        for name, t in state.targets.items():
-            out[f"target/{name}"] = {**t.target, **state.heads}
+        for name, t in state.targets.items():  # a bf16 teacher's float32 target, in the model's dtype
+            target = {k: w.to(state.teacher[k].dtype) for k, w in t.target.items()}
+            out[f"target/{name}"] = {**target, **state.heads}
         return out
 
     def students_of(self, state: MoILState, backbone: Any) -> dict[str, tuple[Any, dict[str, Tensor]]]:
