@@ -37,10 +37,18 @@ def batch_source(batches: Batches, start: int) -> Callable[[int], Mapping[str, T
     epoch after epoch (:func:`epochs`), or an iterator, with their first ``start`` batches skipped.
 
     Raises:
+      TypeError: ``batches`` is one batch (a dict), a tensor or not iterable.
       ValueError: (when called) the iterator ran out before ``step``.
     """
     if callable(batches):
         return batches
+    if isinstance(batches, (Mapping, Tensor, str, bytes)) or not (
+            isinstance(batches, Iterable) or hasattr(batches, "__getitem__")):  # a map-style dataset iterates
+        what = "one batch (a dict)" if isinstance(batches, Mapping) else f"a {type(batches).__name__}"
+        raise TypeError(
+            f"train: batches is {what}; pass a list of batch dicts ([batch] for one), a DataLoader, "
+            "an iterator, or a function step -> batch."
+        )
     # An iterator is used up by one pass; anything else (DataLoader, list) is passed over again.
     source = iter(batches) if isinstance(batches, Iterator) else epochs(batches)
     iterator = itertools.islice(source, start, None)

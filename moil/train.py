@@ -8,6 +8,7 @@ never stopped (on the same device and threads).
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -18,16 +19,8 @@ from torch import Tensor
 
 from moil.batch_source import Batches, batch_source
 from moil.checkpoint import load_checkpoint, restore_state, save_checkpoint, split_state
-from moil.distributed import (
-    active,
-    agree,
-    check_plain_tensors,
-    full_state,
-    init_world,
-    local_state,
-    on_main,
-    shard_batch,
-)
+from moil.distributed import (active, agree, check_plain_tensors, full_state, init_world, local_state, on_main,
+                               shard_batch)
 from moil.precision import DTYPES, Autocast
 from moil.schedules import bind_run
 
@@ -124,14 +117,10 @@ def train(
     checkpoint in place. The checkpoint before the newest is kept as
     ``checkpoint.prev.safetensors``.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"train: steps must be an integer >= 0, got steps={steps!r}.")
-    if (validate is None) != (validate_every is None):
-        raise ValueError("train: give validate (a function state -> metrics) and validate_every (the steps "
-                         f"between calls) together, got validate={validate!r}, validate_every={validate_every!r}.")
-    if validate_every is not None and (isinstance(validate_every, bool) or not isinstance(validate_every, int)
-                                       or validate_every < 1):
-        raise ValueError(f"train: validate_every must be an integer >= 1, got validate_every={validate_every!r}.")
+    _check_arguments(recipe, backbone, steps=steps, seed=seed, run_dir=run_dir, checkpoint_every=checkpoint_every,
+                     checkpoint_seconds=checkpoint_seconds, resume=resume, on_step=on_step, validate=validate,
+                     validate_every=validate_every)
+    steps, seed = int(steps), int(seed)  # a numpy integer is an integer too
     if precision != "fp32":
         if precision not in DTYPES:
             raise ValueError(f"train: precision must be 'fp32', 'bf16' or 'fp16', got {precision!r}.")
@@ -208,6 +197,39 @@ def train(
     return recipe.finalize(state, backbone) if finalize else state
 
 
+def _check_arguments(recipe: Any, backbone: Any, *, steps: Any, seed: Any, run_dir: Any, checkpoint_every: Any,
+                     checkpoint_seconds: Any, resume: Any, on_step: Any, validate: Any, validate_every: Any) -> None:
+    """Refuse a bad argument of :func:`train` before anything runs, naming it, its value and the fix."""
+    def whole(v: Any, low: int) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low  # numpy ints too
+    seconds = checkpoint_seconds
+    for bad, message in (
+        (not whole(steps, 0), f"steps must be an integer >= 0, got steps={steps!r}"),
+        (not all(callable(getattr(recipe, m, None)) for m in ("init", "step", "finalize")),
+         f"recipe must be a moil recipe (init/step/finalize, e.g. moil.recipes.MoIL), got a {type(recipe).__name__}"),
+        (not callable(getattr(backbone, "base", None)), f"backbone must be a moil.backbones.Backbone, got a "
+         f"{type(backbone).__name__}; wrap a model with moil.backbones.from_model(model, targets) or vilt.build(model)"),
+        (not whole(seed, -2**63), f"seed must be an integer, got seed={seed!r}"),
+        (checkpoint_every is not None and not whole(checkpoint_every, 0),
+         f"checkpoint_every must be an integer >= 1 (0 or None: off), got checkpoint_every={checkpoint_every!r}"),
+        (seconds is not None and not (type(seconds) in (int, float) and 0 < seconds < float("inf")),
+         f"checkpoint_seconds must be a finite number > 0 (or None: off), got checkpoint_seconds={seconds!r}"),
+        (run_dir is None and bool(resume or checkpoint_every or seconds), "resume, checkpoint_every and checkpoint_"
+         f"seconds need run_dir (where the checkpoint goes), got run_dir=None with resume={resume!r}, "
+         f"checkpoint_every={checkpoint_every!r}, checkpoint_seconds={seconds!r}"),
+        (run_dir is not None and Path(run_dir).exists() and not Path(run_dir).is_dir(),
+         f"run_dir={str(run_dir)!r} exists and is not a folder; give a folder path"),
+        (on_step is not None and not callable(on_step), f"on_step must be a function (step, metrics), got {on_step!r}"),
+        ((validate is None) != (validate_every is None) or (validate is not None and not callable(validate)),
+         "give validate (a function state -> metrics) and validate_every (the steps between calls) together, "
+         f"got validate={validate!r}, validate_every={validate_every!r}"),
+        (validate_every is not None and not whole(validate_every, 1),
+         f"validate_every must be an integer >= 1, got validate_every={validate_every!r}"),
+    ):
+        if bad:
+            raise (TypeError if message.startswith(("recipe", "backbone")) else ValueError)(f"train: {message}.")
+
+
 VALIDATE_SEED = 104_729  # offsets validate's RNG stream from the step's
 
 
@@ -216,11 +238,13 @@ def _validated(validate: Callable[[Any], Mapping[str, float]], state: Any, metri
     global RNG and the next step's are left as they were); a name both use is refused."""
     with torch.random.fork_rng(devices=_cuda_devices()):
         torch.manual_seed(rng_seed)
-        extra = dict(validate(state))
+        extra = validate(state)
+    if not isinstance(extra, Mapping):
+        raise TypeError(f"train: validate must return a dict {{name: value}}, got {extra!r}.")
     if clash := sorted(set(extra) & set(metrics)):
         raise ValueError(f"train: validate returned {clash}, names the step's own metrics use; rename them "
                          "(e.g. 'val/<name>').")
-    return {**metrics, **extra}
+    return {**metrics, **dict(extra)}
 
 
 def step_seed(seed: int, step: int) -> int:

@@ -111,6 +111,13 @@ CONFIG_CASES = [
     ("checkpoint-every-negative", TINY + "checkpoint_every = -1\n",
      ["$.train.checkpoint_every", "checkpoint_every=-1", ">= 0"]),
     ("unknown-key", TINY + "colour = 1\n", ["$.train", "colour"]),
+    # names become folders (runs/<task>/<arm>, student-<name>): '..' or '/' would write outside the run
+    ("arm-name-parent", arm('name = ".."'), ["$.arms[0].name", "'..'", "names a folder", "letters, digits"]),
+    ("arm-name-slash", arm('name = "a/b"'), ["$.arms[0].name", "'a/b'", "no '/'"]),
+    ("arm-name-empty", arm('name = ""'), ["$.arms[0].name", "name = ''", "e.g. name = 'moil-r8'"]),
+    ("student-name-escapes", student('name = "../x"'), ["$.arms[0].students[0].name", "'../x'", "names a folder"]),
+    ("momentum-constant-one", arm("momentum = 1.0"), ["$.arms[0].momentum", "constant momentum of 1", "[0, 1)"]),
+    ("momentum-constant-one-spec", arm('momentum = "constant:1"'), ["$.arms[0].momentum", "'constant:1'", "0.99"]),
 ]
 
 
@@ -178,7 +185,54 @@ API_CASES = [
     ("transform-rank-negative", lambda: Transform(-1), ValueError, ["Transform", "rank=-1", "e.g. rank=8"]),
     ("parse-momentum-half-life-abc", lambda: parse_momentum("half-life:abc", 10), ConfigError,
      ["'half-life:abc'", "'abc' is not a number", "'half-life:20'"]),
+    ("callback-approx-not-observer", lambda: _callback(Hybrid(2)), TypeError,
+     ["MoILCallback", "observer must be a moil.observer.ImitationObserver", "ImitationObserver(Hybrid(8)"]),
+    ("callback-seed-text", lambda: _callback(_observer(), seed="0"), TypeError, ["MoILCallback", "seed='0'", "integer"]),
+    ("callback-export-text", lambda: _callback(_observer(), export="no"), TypeError, ["export='no'", "True or False"]),
+    ("from-model-not-a-module", lambda: _from_model({"w": torch.zeros(2)}), TypeError,
+     ["from_model", "torch.nn.Module", "got a dict", "from_pretrained"]),
+    ("vilt-from-pretrained-no-folder", lambda: _vilt().from_pretrained("/nonexistent/vilt-folder", "itm"), ValueError,
+     ["vilt.from_pretrained", "'/nonexistent/vilt-folder'", "is not a folder", "save_pretrained"]),
+    ("save-checkpoint-into-a-folder", lambda: _save_checkpoint_into_a_folder(), IsADirectoryError,
+     ["is a directory", "checkpoint.safetensors"]),
 ]
+
+
+def _callback(observer, **kwargs):
+    from moil.integrations.trainer import MoILCallback
+
+    return MoILCallback(observer, **kwargs)
+
+
+def _observer():
+    from moil.observer import ImitationObserver
+
+    return ImitationObserver(LowRank(2), targets=["query"])
+
+
+def _from_model(model):
+    from moil.backbones import from_model
+
+    return from_model(model, ["query"])
+
+
+def _vilt():
+    from moil.backbones import vilt
+
+    return vilt
+
+
+def _save_checkpoint_into_a_folder():
+    import tempfile
+
+    from moil.checkpoint import save_checkpoint
+
+    root = Path(tempfile.mkdtemp())
+    (root / "run").mkdir()
+    try:
+        return save_checkpoint(root / "run", {"x": torch.zeros(2)})
+    finally:
+        assert [p.name for p in root.rglob("*")] == ["run"]  # nothing written, no temp file left
 
 
 @pytest.mark.parametrize("make, error, fragments", [c[1:] for c in API_CASES], ids=[c[0] for c in API_CASES])
@@ -306,6 +360,10 @@ CLI_CASES = [
     ("unknown-key", ["train"], LORA + "colour = 1\n", [], ["run.toml", "unknown field 'colour'"]),
     ("ablate-lr-inf", ["ablate"], arm("lr = inf"), [], ["$.arms[0].lr", "lr=inf", "e.g. lr ="]),
     ("ablate-students-empty", ["ablate"], arm("students = []"), [], ["$.arms[0].students", "[[arms.students]]"]),
+    # --resume keeps the folder's run, --overwrite discards it: both at once used to discard it
+    ("resume-and-overwrite", ["train"], LORA, ["--resume", "--overwrite"], ["--resume and --overwrite", "only one"]),
+    ("ablate-resume-and-overwrite", ["ablate"], LORA, ["--resume", "--overwrite"], ["--resume and --overwrite"]),
+    ("arm-name-escapes", ["ablate"], arm('name = ".."'), [], ["$.arms[0].name", "'..'", "names a folder"]),
 ]
 if not torch.cuda.is_available():
     CLI_CASES.append(
@@ -351,3 +409,279 @@ def test_demo_override_below_one_batch_is_refused(tmp_path):
     message = " ".join(result.output.split())
     assert "--limit" in message and "data.limit = 5" in message and "data.limit >= 16" in message
     assert not out.exists()
+
+
+def test_config_file_that_is_not_utf8_is_named_and_a_bom_is_read(tmp_path):
+    """A Latin-1 config names the file and the fix; a UTF-8 byte-order mark (Windows editors) is no TOML error."""
+    from moil.harness.config import load_config
+
+    (tmp_path / "latin1.toml").write_bytes(b"[train]\nsteps = 3  # \xe9t\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin1\.toml: not UTF-8 text.*save it as UTF-8"):
+        load_config(tmp_path / "latin1.toml")
+    (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbf[train]\nsteps = 3\n")
+    assert load_config(tmp_path / "bom.toml").train.steps == 3
+
+
+# -- 5. the Python training loop: arguments refused before any step --------------------------
+class _DuckRecipe:
+    """The least of a recipe train() reads."""
+
+    def init(self, backbone, seed=0):
+        return _DuckState(0)
+
+    def step(self, state, backbone, batch):
+        return _DuckState(state.step + 1), {}
+
+    def finalize(self, state, backbone):
+        return state
+
+
+class _DuckState(tuple):
+    def __new__(cls, step):
+        return super().__new__(cls, (step,))
+
+    step = property(lambda self: self[0])
+
+
+class _DuckBackbone:
+    def base(self):
+        return {"w": torch.zeros(1)}
+
+
+TRAIN_CASES = [
+    ("backbone-is-a-raw-model", dict(backbone=torch.nn.Linear(2, 2)), TypeError,
+     ["train: backbone must be a moil.backbones.Backbone", "got a Linear", "from_model"]),
+    ("recipe-is-an-approximation", dict(recipe=LowRank(2)), TypeError, ["train: recipe must be a moil recipe", "LowRank"]),
+    ("seed-float", dict(seed=1.5), ValueError, ["train: seed must be an integer", "seed=1.5"]),
+    ("checkpoint-every-negative", dict(checkpoint_every=-1, run_dir="RUN"), ValueError,
+     ["checkpoint_every", "checkpoint_every=-1", ">= 1"]),
+    ("checkpoint-seconds-negative", dict(checkpoint_seconds=-5, run_dir="RUN"), ValueError,
+     ["checkpoint_seconds", "checkpoint_seconds=-5", "> 0"]),
+    ("resume-without-run-dir", dict(resume=True), ValueError, ["need run_dir", "resume=True"]),
+    ("checkpoint-every-without-run-dir", dict(checkpoint_every=2), ValueError, ["need run_dir", "checkpoint_every=2"]),
+    ("run-dir-is-a-file", dict(run_dir="FILE"), ValueError, ["run_dir=", "is not a folder"]),
+    ("on-step-not-callable", dict(on_step=3), ValueError, ["on_step must be a function", "3"]),
+    ("validate-not-callable", dict(validate=3, validate_every=1), ValueError, ["validate", "got validate=3"]),
+    ("batches-one-dict", dict(batches={"input_ids": torch.zeros(2, 3)}), TypeError,
+     ["batches is one batch (a dict)", "[batch] for one"]),
+    ("batches-none", dict(batches=None), TypeError, ["batches is a NoneType", "function step -> batch"]),
+    ("batches-a-tensor", dict(batches=torch.zeros(4, 3)), TypeError, ["batches is a Tensor", "list of batch dicts"]),
+    ("validate-returns-a-number", dict(validate=lambda state: 0.5, validate_every=1), TypeError,
+     ["validate must return a dict", "0.5"]),
+]
+
+
+@pytest.mark.parametrize("given, error, fragments", [c[1:] for c in TRAIN_CASES], ids=[c[0] for c in TRAIN_CASES])
+def test_train_refuses_a_bad_argument_before_any_step(tmp_path, given, error, fragments):
+    from moil.train import train
+
+    (tmp_path / "FILE").write_text("mine\n")
+    given = {k: str(tmp_path / v) if k == "run_dir" else v for k, v in given.items()}
+    args = {"recipe": _DuckRecipe(), "backbone": _DuckBackbone(), "batches": [{}], "steps": 1, **given}
+    with pytest.raises(error) as err:
+        train(args.pop("recipe"), args.pop("backbone"), args.pop("batches"), **args)
+    for fragment in fragments:
+        assert fragment in str(err.value), (fragment, str(err.value))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]  # no run folder, no checkpoint
+
+
+# -- 6. batches that reach a model: the input is named, not the model's internals ------------
+@pytest.fixture(scope="module")
+def vilt_tiny():
+    from moil.backbones import vilt
+
+    backbone = vilt.build(vilt.tiny("itm", seed=0))
+    g = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(0, 99, (4, 7), generator=g), "pixel_values": torch.randn(4, 3, 32, 32, generator=g)}
+    return backbone, batch
+
+
+PIXEL_CASES = [
+    ("pixels-uint8", lambda b: {**b, "pixel_values": (b["pixel_values"].abs() * 60).to(torch.uint8)},
+     ["batch['pixel_values']", "torch.uint8", "raw pixel values", "processor(images=...)"]),
+    ("pixels-grey", lambda b: {**b, "pixel_values": b["pixel_values"][:, :1]},
+     ["batch['pixel_values']", "1 channel(s)", "num_channels is 3", "convert('RGB')"]),
+    ("pixels-no-batch-dim", lambda b: {**b, "pixel_values": b["pixel_values"][0]},
+     ["batch['pixel_values']", "(3, 32, 32)", "(B, C, H, W)"]),
+    ("input-ids-a-list", lambda b: {**b, "input_ids": b["input_ids"].tolist()},
+     ["batch['input_ids'] is a list", "return_tensors='pt'"]),
+    ("batch-sizes-differ", lambda b: {**b, "pixel_values": b["pixel_values"][:2]},
+     ["different batch sizes", "'input_ids': 4", "'pixel_values': 2"]),
+]
+
+
+@pytest.mark.parametrize("spoil, fragments", [c[1:] for c in PIXEL_CASES], ids=[c[0] for c in PIXEL_CASES])
+def test_backbone_names_a_bad_image_input(vilt_tiny, spoil, fragments):
+    backbone, batch = vilt_tiny
+    with pytest.raises(ValueError) as err:
+        backbone(backbone.head_params(), spoil(batch))
+    for fragment in fragments:
+        assert fragment in str(err.value), (fragment, str(err.value))
+
+
+# -- 7. data on disk: a bad row is named when the data is read, before any training ----------
+@pytest.fixture(scope="module")
+def disk(tmp_path_factory):
+    """A tiny ViLT folder and an image folder of 8 RGB images, each with its own caption."""
+    import json
+
+    from PIL import Image
+
+    from moil.testing.folders import save_tiny_folder
+
+    root = tmp_path_factory.mktemp("disk")
+    save_tiny_folder("vilt", root / "model", ["a", "red", "blue", "square"])
+    folder = root / "images"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(8):
+        pixels = torch.randint(0, 256, (16, 16, 3), generator=g, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+        rows.append({"file_name": f"{i}.png", "text": f"a {'red' if i % 2 else 'blue'} square {i}",
+                     "question": "a red square", "answers": ["red", "red", "blue"], "label": "true" if i % 2 else "false",
+                     "feats": [[0.1 * i] * 4] * 3, "boxes": [[0.0, 0.0, 0.5, 0.5]] * 3})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def _split(disk: Path, tmp_path: Path, rows=None, raw: bytes | None = None) -> Path:
+    """A copy of the image folder, its metadata rows changed by ``rows(i, row)`` or replaced by ``raw``."""
+    import json
+    import shutil
+
+    folder = tmp_path / "split"
+    shutil.copytree(disk / "images", folder)
+    meta = folder / "metadata.jsonl"
+    if raw is not None:
+        meta.write_bytes(raw(meta.read_bytes()))
+    if rows is not None:
+        new = [rows(i, json.loads(line)) for i, line in enumerate(meta.read_text().splitlines())]
+        meta.write_text("".join(json.dumps(r) + "\n" for r in new))
+    return folder
+
+
+def _disk_config(disk: Path, split: Path, task: str = "itm", columns: str = "") -> str:
+    return (f'[model]\npretrained = "{disk / "model"}"\nfamily = "vilt"\n[data]\ntrain = "{split}"\nbatch_size = 4\n'
+            f"{columns}[train]\ntasks = [{task!r}]\nsteps = 1\neval_splits = [\"test\"]\n".replace(
+                f'batch_size = 4\n', f'test = "{split}"\nbatch_size = 4\n'))
+
+
+DISK_CASES = [
+    ("metadata-torn", dict(raw=lambda b: b[:-25]), "itm", "", ["data.train", "metadata.jsonl", "in row 7", "fix or remove"]),
+    ("metadata-not-utf8", dict(raw=lambda b: b.replace(b"blue", b"bl\xfc", 1)), "itm", "",
+     ["metadata.jsonl", "UnicodeDecodeError", "UTF-8"]),
+    ("metadata-empty", dict(raw=lambda b: b""), "itm", "", ["data.train", "metadata.jsonl is empty", "one row per example"]),
+    ("caption-null", dict(rows=lambda i, r: {**r, "text": None if i == 2 else r["text"]}), "itm", "",
+     ["data.train", "row 2 has text = None", "non-empty strings"]),
+    ("caption-a-number", dict(rows=lambda i, r: {**r, "text": 5}), "itm", "", ["row 0 has text = 5 (int)"]),
+    ("caption-empty", dict(rows=lambda i, r: {**r, "text": " "}), "itm", "", ["row 0 has text = ' '"]),
+    ("one-caption-for-itm", dict(rows=lambda i, r: {**r, "text": "a red square"}), "itm", "",
+     ["every row has the same text 'a red square'", "two different"]),
+    ("image-file-missing", dict(rows=lambda i, r: {**r, "file_name": "gone.png" if i == 3 else r["file_name"]}), "itm", "",
+     ["data.train", "do not exist", "gone.png"]),
+    ("vqa-answers-null", dict(rows=lambda i, r: {**r, "answers": None if i == 1 else r["answers"]}), "vqa", "",
+     ["row 1 has answers = None", "an answer string or a non-empty list"]),
+    ("vqa-answers-empty", dict(rows=lambda i, r: {**r, "answers": []}), "vqa", "", ["row 0 has answers = []"]),
+    ("nlvr2-label-maybe", dict(rows=lambda i, r: {**r, "label": "maybe" if i == 4 else r["label"]}), "nlvr2",
+     '[data.columns]\npair = ["image", "image"]\n', ["row 4 has label = 'maybe'", "true / false (or 1 / 0)"]),
+    ("features-nan", dict(rows=lambda i, r: {**r, "feats": [[float("nan")] * 4] * 3 if i == 5 else r["feats"]}), "itm",
+     '[data.columns]\nfeatures = "feats"\n', ["data.train", "row 5", "NaN or inf"]),
+    ("features-ragged-rows", dict(rows=lambda i, r: {**r, "feats": [[0.0] * 4] * (2 if i == 3 else 3)}), "itm",
+     '[data.columns]\nfeatures = "feats"\n', ["row 3: features of shape (2, 4)", "earlier rows have (3, 4)", "pad"]),
+    ("boxes-in-pixels", dict(rows=lambda i, r: {**r, "boxes": [[0, 0, 16, 16]] * 3}), "itm",
+     '[data.columns]\nfeatures = "feats"\nboxes = "boxes"\n', ["row 0", "in [0, 1]", "[0.0, 16.0]", "divide pixel boxes"]),
+]
+
+
+@pytest.mark.parametrize("spoil, task, columns, fragments", [c[1:] for c in DISK_CASES], ids=[c[0] for c in DISK_CASES])
+def test_a_bad_row_on_disk_is_named_when_read(disk, tmp_path, spoil, task, columns, fragments):
+    text = _disk_config(disk, _split(disk, tmp_path, **spoil), task, columns)
+    with pytest.raises(ConfigError) as err:
+        load_data(loads_config(text, "run.toml"))
+    message = " ".join(str(err.value).split())
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+def test_a_16_bit_image_keeps_its_range_and_float_pixels_are_refused(tmp_path):
+    """PIL's own convert('RGB') clips a 16-bit grey image at 255 (4 096 levels became 17 white-ish ones)."""
+    import numpy as np
+    from PIL import Image
+
+    from moil.harness.data.disk import decode_image
+
+    levels = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 … 65 520
+    Image.fromarray(levels).save(tmp_path / "deep.png")
+    rgb = np.asarray(decode_image({"path": str(tmp_path / "deep.png"), "bytes": None}, "data.train"))
+    assert rgb.shape == (64, 64, 3) and rgb.min() == 0 and rgb.max() == 255 and len(np.unique(rgb)) == 256
+    Image.fromarray((levels / 65535).astype(np.float32)).save(tmp_path / "float.tiff")
+    with pytest.raises(ConfigError, match=r"float.tiff.*32-bit float pixels.*save it as 8-bit or 16-bit"):
+        decode_image({"path": str(tmp_path / "float.tiff"), "bytes": None}, "data.train")
+
+
+def test_export_into_a_folder_of_the_users_is_refused_and_left_as_it_was(tmp_path):
+    """The export's FileExistsError used to escape as a traceback (exit 1)."""
+    config = tmp_path / "run.toml"
+    config.write_text(LORA)
+    trained = runner.invoke(app, ["train", "--config", str(config), "--out", str(tmp_path / "run")])
+    assert trained.exit_code == 0, trained.output
+    for target, kind in (("mine", "folder"), ("mine.txt", "file")):
+        out = tmp_path / target
+        out.mkdir() if kind == "folder" else out.write_text("mine\n")
+        if kind == "folder":
+            (out / "notes.txt").write_text("mine\n")
+        before = snapshot(out) if kind == "folder" else out.read_bytes()
+        result = runner.invoke(app, ["export", "--run", str(tmp_path / "run"), "-f", "merged", "-o", str(out)])
+        message = " ".join(result.output.split())
+        assert result.exit_code == 2 and "error:" in message and str(out.name) in message, message
+        assert (snapshot(out) if kind == "folder" else out.read_bytes()) == before
+
+
+def test_out_that_is_the_runs_own_model_or_data_is_refused_and_left_as_it_was(disk, tmp_path):
+    """`moil export -f merged -o <model.pretrained>` used to replace the user's pretrained model with the
+    merged one (it holds a config.json, so it passed for an earlier export); `moil train --out` a data split
+    wrote the run's files among the images."""
+    import shutil
+
+    model = shutil.copytree(disk / "model", tmp_path / "model")
+    split = _split(disk, tmp_path)
+    text = _disk_config(disk, split).replace(str(disk / "model"), str(model)) + '[[arms]]\nrecipe = "lora"\nrank = 2\n'
+    (tmp_path / "run.toml").write_text(text)
+    for out in (model, split):
+        before = snapshot(out)
+        result = runner.invoke(app, ["train", "--config", str(tmp_path / "run.toml"), "--out", str(out)])
+        message = " ".join(result.output.split())
+        assert result.exit_code == 2 and "an input of this run" in message and "a folder of its own" in message, message
+        assert snapshot(out) == before
+    assert runner.invoke(app, ["train", "--config", str(tmp_path / "run.toml"), "--out", str(tmp_path / "run")]).exit_code == 0
+    before = snapshot(model)
+    result = runner.invoke(app, ["export", "--run", str(tmp_path / "run"), "-f", "merged", "-o", str(model)])
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"is model.pretrained = {str(model)!r}" in message, message
+    assert snapshot(model) == before
+
+
+MODEL_FOLDER_CASES = [
+    ("class-of-another-architecture", 'family = "generic"\nmodel_class = "BertForSequenceClassification"\n'
+     'targets = ["query"]\n', "itm", ["model.model_class = 'BertForSequenceClassification'", "holds a 'vilt' model",
+                                     "none of its weights would load", "ViltFor"]),
+    ("class-that-is-no-model", 'family = "generic"\nmodel_class = "AutoTokenizer"\ntargets = ["query"]\n', "itm",
+     ["model.model_class = 'AutoTokenizer'", "not a transformers model class"]),
+    ("family-of-another-architecture", 'family = "clip"\n', "retrieval",
+     ["model.family = 'clip'", "CLIPModel", "holds a 'vilt' model", "family = 'auto'"]),
+]
+
+
+@pytest.mark.parametrize("model, task, fragments", [c[1:] for c in MODEL_FOLDER_CASES], ids=[c[0] for c in MODEL_FOLDER_CASES])
+def test_a_model_class_that_would_load_none_of_the_folders_weights_is_refused(disk, model, task, fragments):
+    """transformers only warns when a class of another architecture loads a folder, and starts from
+    random weights: the run would train no pretrained model at all."""
+    from moil.harness.pretrained import load_backbone
+
+    text = f'[model]\npretrained = "{disk / "model"}"\n{model}[data]\ntrain = "{disk / "images"}"\n[train]\ntasks = [{task!r}]\n'
+    with pytest.raises(ConfigError) as err:
+        load_backbone(loads_config(text, "run.toml").model, task)
+    message = " ".join(str(err.value).split())
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)

@@ -207,15 +207,20 @@ class Backbone:
           batch: HF-named inputs (``input_ids`` ``(B, L)``, ``pixel_values``
             ``(B, 3, H, W)``, …) and labels, which are not passed to the model.
         """
+        from moil.backbones.checks import input_problem, pixel_problem
+
+        if isinstance(batch, Mapping) and (problem := pixel_problem(batch)):  # metadata only: no sync
+            raise ValueError(problem)
         full = self.resolve(params)
         try:
             out = torch.func.functional_call(
                 self.model, full, args=(), kwargs=self.inputs(batch), tie_weights=True, strict=False
             )
-        except (IndexError, RuntimeError) as err:
-            # An embedding's bare error names no input: say which key is wrong, only when failing.
-            from moil.backbones.checks import input_problem
-
+        except (IndexError, RuntimeError, ValueError, TypeError, AttributeError) as err:
+            # The model's own error (an embedding's bare IndexError, a conv's channel count) names
+            # no input: say which key is wrong, only when failing.
+            if not isinstance(batch, Mapping):
+                raise TypeError(f"Backbone: a batch is a dict of tensors, got a {type(batch).__name__}.") from err
             problem = input_problem(self.model, batch)
             if problem:
                 raise ValueError(problem) from err
@@ -264,6 +269,9 @@ def from_model(
     Example:
       >>> bb = from_model(model, ["query", "key", "value"], heads=["classifier"])  # doctest: +SKIP
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"from_model: model must be a torch.nn.Module (e.g. a transformers model), got a "
+                        f"{type(model).__name__}; load it first, e.g. AutoModel.from_pretrained(folder).")
     chosen = select_targets(model, targets, exclude)
     head_names = select_params(model, heads) if heads else ()
     if isinstance(sharing, str):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Sequence
 
@@ -25,7 +26,7 @@ from moil.backbones.base import Backbone, auto_sharing
 from moil.backbones.calls import SelectInputs
 from moil.backbones.targets import Patterns, select_params, select_targets
 
-__all__ = ["FAMILIES", "Family", "Task", "family_patterns", "get_family", "seeded", "task_of"]
+__all__ = ["FAMILIES", "Family", "Task", "family_patterns", "get_family", "load_errors", "seeded", "task_of"]
 
 #: Family name → the module that defines it as ``FAMILY`` (imported on first use:
 #: each module loads its transformers model classes).
@@ -170,7 +171,16 @@ class Family:
         initialised by transformers (it logs which).
         """
         options = {k: kwargs.pop(k) for k in list(kwargs) if k in self.options}
-        model = self.task(task).cls.from_pretrained(path_or_id, **kwargs).eval()
+        cls, path = self.task(task).cls, Path(str(path_or_id)).expanduser()
+        local = path.exists() or str(path_or_id).startswith((".", "/", "~")) or str(path_or_id).count("/") != 1
+        if local and not path.is_dir():
+            raise ValueError(f"{self.name}.from_pretrained: {str(path_or_id)!r} is not a folder (from {Path.cwd()}); "
+                             "give the folder model.save_pretrained(...) wrote, or a hub id 'owner/name'.")
+        try:
+            model = cls.from_pretrained(str(path) if local else path_or_id, **kwargs).eval()
+        except load_errors() as err:  # no config.json / weights, a truncated weights file, no hub access
+            raise ValueError(f"{self.name}.from_pretrained: cannot load a {cls.__name__} from "
+                             f"{str(path_or_id)!r} ({type(err).__name__}: {err}).") from err
         return self.build(
             model, targets, task=task, mlp=mlp, exclude=exclude, trainable=trainable, **options
         )
@@ -186,6 +196,16 @@ class Family:
             config["num_labels"] = num_answers
         config.update(overrides)
         return seeded(spec.cls, self.config(**config), seed)
+
+
+def load_errors() -> tuple[type[BaseException], ...]:
+    """What ``from_pretrained`` raises for a folder that is not a loadable checkpoint: a missing or
+    torn ``config.json`` / weights file (safetensors' ``SafetensorError``, a truncated pickle)."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError)
 
 
 def get_family(name: str) -> Family:

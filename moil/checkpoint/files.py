@@ -79,10 +79,14 @@ def save_checkpoint(
 
     Raises:
       TypeError: a value in ``tensors`` is not a tensor, or ``metadata`` is not JSON.
+      IsADirectoryError: ``path`` is a directory (nothing is written).
       CorruptCheckpointError: the file read back differs from what was written
         (a failing disk); the previous file is left in place.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint path {str(path)!r} is a directory; give a file path inside it, e.g. "
+                                f"{str(path / 'checkpoint.safetensors')!r}.")
     blob = _prepare(tensors)
     header = {"format": "pt", _TAG: FORMAT, _VER: str(VERSION), _META: _dump_metadata(metadata),
               _SUM: tensor_digest(blob)}

@@ -92,7 +92,8 @@ def restore_state(template: Any, tensors: Mapping[str, Tensor], scalars: Mapping
     if problems:
         raise CheckpointMismatchError(
             "checkpoint does not match this recipe/backbone: " + "; ".join(problems[:5])
-            + ". Resume with the configuration that wrote it, or start a new run directory."
+            + ". Resume with the configuration and model (the same pretrained weights and shapes) that "
+            "wrote it, or start a new run directory."
         )
     return _fill(template, tensors, scalars, "")
 

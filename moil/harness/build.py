@@ -85,6 +85,8 @@ def build_backbone(config: Config, task: str, data: DemoData):
             from moil.harness.generic import check_outputs
 
             check_outputs(backbone, data, task, config.data.batch_size)
+        else:  # the first batch, before any writing: a bad feature, box or image row of it is named now
+            data.train_stream(task, config.data.batch_size, 0, device_of(config))(0)
         return backbone
     dim = data.train.visual_embeds.shape[-1]
     answers = len(data.task.answer_vocab)

@@ -201,7 +201,7 @@ def export(
             meta = _read_json(run / "run.json", required=("arm", "task", "seed", "lr"))
             cfg, data, backbone, students = grid_run(run, meta)
         name = export_student(cfg, backbone, data, students, format, out, student, meta, meta["arm"])
-    except (TypeError, ValueError, FileNotFoundError) as err:  # ConfigError, a checkpoint error: named
+    except (TypeError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:  # each named
         _fail(str(err))
     console.print(f"exported {format} student {name!r} to {out}")
 

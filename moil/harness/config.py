@@ -23,6 +23,7 @@ from moil.harness.config_checks import (
     distinct,
     finite_non_negative,
     finite_positive,
+    folder_name,
     fraction,
     learning_rate,
     model_fields,
@@ -61,7 +62,7 @@ TASKS = ("itm", "vqa", "nlvr2")
 class StudentSpec:
     """One MoIL student: approximation, ranks, and how it follows its target."""
 
-    name: str = "hybrid"
+    name: str = attrs.field(default="hybrid", validator=folder_name)
     approx: ApproxName = "hybrid"
     rank: int = attrs.field(default=8, validator=positive)
     transform_rank: int | None = attrs.field(default=None, validator=positive)
@@ -95,7 +96,7 @@ class ArmSpec:
     task its own (``lr = {itm = 3e-4, vqa = [1e-3, 3e-3]}``).
     """
 
-    name: str = "moil"
+    name: str = attrs.field(default="moil", validator=folder_name)
     recipe: RecipeName = "moil"
     lr: float | list[float] | dict[str, float | list[float]] = attrs.field(
         default=2e-4, validator=learning_rate(TASKS)
@@ -268,7 +269,12 @@ def load_config(path: str | Path | None) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file; write one (every field has a default) or omit --config.")
-    return loads_config(path.read_text(), str(path))
+    try:  # a UTF-8 byte-order mark (Windows editors) is not part of the TOML
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); TOML files are UTF-8 — "
+                          "save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
+    return loads_config(text, str(path))
 
 
 def config_dict(config: Config) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 
 __all__ = [
     "FieldError", "check_sources", "check_student", "distinct", "finite_non_negative", "finite_positive",
-    "fraction", "learning_rate", "model_fields", "momentum_spec", "non_negative_int", "non_zero_scale",
+    "folder_name", "fraction", "learning_rate", "model_fields", "momentum_spec", "non_negative_int", "non_zero_scale",
     "positive", "splits", "stream_fits",
 ]
 
@@ -123,6 +123,13 @@ def learning_rate(tasks: tuple[str, ...]):
                     raise FieldError(f"lr must be > 0 and finite, got lr={v!r}; e.g. lr = 2e-4", "lr")
 
     return check
+
+
+def folder_name(instance, attribute, value) -> None:
+    """A name that becomes a folder or file name of the run (``runs/<task>/<arm>``, ``student-<name>``)."""
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_.+-]+", value) or set(value) == {"."}:
+        raise FieldError(f"{attribute.name} = {value!r} names a folder of the run: use letters, digits and "
+                         f". _ - + only (no '/', spaces or '..'), e.g. {attribute.name} = 'moil-r8'", attribute.name)
 
 
 def distinct(instance, attribute, value) -> None:

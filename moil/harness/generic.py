@@ -25,9 +25,10 @@ import attrs
 from torch import Tensor
 
 from moil.backbones import Backbone, from_model
+from moil.backbones.family import load_errors
 from moil.harness.config import ConfigError, ModelSpec
 
-__all__ = ["GENERIC_TASKS", "TASK_KEYS", "FieldOutputs", "check_outputs", "load_generic", "model_class"]
+__all__ = ["GENERIC_TASKS", "TASK_KEYS", "FieldOutputs", "check_outputs", "load_generic", "model_class", "same_model_type"]
 
 #: The output key each task's loss reads.
 TASK_KEYS = {"itm": "itm_logits", "vqa": "vqa_logits", "nlvr2": "pair_logits"}
@@ -60,12 +61,30 @@ def model_class(spec: ModelSpec) -> type:
     import transformers
 
     cls = getattr(transformers, spec.model_class, None)
-    if not isinstance(cls, type) or not hasattr(cls, "from_pretrained"):
+    if not isinstance(cls, type) or not issubclass(cls, transformers.PreTrainedModel):  # not AutoTokenizer
         raise ConfigError(
             f"model.model_class = {spec.model_class!r} is not a transformers model class; use a name "
             "from `import transformers` such as 'BlipForImageTextRetrieval' or 'ViltForQuestionAnswering'."
         )
     return cls
+
+
+def same_model_type(cls: type, folder: str, spec: ModelSpec, chosen: str) -> None:
+    """A class of another architecture than the folder's would load none of its weights (transformers
+    only warns, and initialises them at random): refused, naming both."""
+    import transformers
+
+    try:
+        saved = transformers.PretrainedConfig.get_config_dict(folder)[0].get("model_type")
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.pretrained = {spec.pretrained!r}: cannot read its config.json ({err}).") from None
+    wanted = getattr(getattr(cls, "config_class", None), "model_type", "")
+    if saved and wanted and saved != wanted:
+        raise ConfigError(
+            f"{chosen} loads a {wanted!r} model ({cls.__name__}), but model.pretrained = {spec.pretrained!r} "
+            f"holds a {saved!r} model, so none of its weights would load; use family = 'auto', or a {saved!r} "
+            f"class (one of transformers' {saved.title().replace('_', '')}For… classes)."
+        )
 
 
 def load_generic(spec: ModelSpec, folder: str, task: str, *, num_answers: int | None = None,
@@ -89,12 +108,13 @@ def load_generic(spec: ModelSpec, folder: str, task: str, *, num_answers: int | 
             f"add it, e.g. outputs = {{{TASK_KEYS[task]} = \"logits\"}}."
         )
     cls = model_class(spec)
+    same_model_type(cls, folder, spec, f"model.model_class = {spec.model_class!r}")
     kwargs: dict[str, Any] = {}
     if num_answers is not None:
         kwargs = {"num_labels": num_answers, "ignore_mismatched_sizes": True}
     try:
         model = cls.from_pretrained(folder, **kwargs)
-    except (OSError, ValueError, TypeError) as err:
+    except (*load_errors(), TypeError) as err:  # also a truncated weights file (SafetensorError)
         raise ConfigError(
             f"model.pretrained = {spec.pretrained!r}: {spec.model_class} cannot load it ({err})."
         ) from None

@@ -26,11 +26,14 @@ import moil
 from moil.harness.build import build_backbone, build_recipe, load_data
 from moil.harness.config import Config, config_dict, dump_config
 from moil.harness.jobs import Job, Runner
+from moil.harness.run import inputs_of
 from moil.harness.run_folder import (
     MANIFEST,
     RunFolderError,
+    check_apart,
     hold,
     read_json,
+    refuse_both,
     write_json,
     write_text,
 )
@@ -112,6 +115,7 @@ def check_grid_folder(out: Path, resume: bool, overwrite: bool) -> None:
       RunFolderError: ``out`` is a file or a ``moil train`` folder, or holds a grid and
         neither ``resume`` nor ``overwrite`` is given.
     """
+    refuse_both(resume, overwrite)
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"output folder {out} exists and is not a folder; give another --out path.")
     if (out / MANIFEST).exists():
@@ -133,6 +137,7 @@ def run_grid(config: Config, out: str | Path, *, reporter: Reporter = _quiet, re
     restored afterwards.
     """
     out = Path(out)
+    check_apart(out, inputs_of(config), "--out")
     check_grid_folder(out, resume, overwrite)
     started = time.perf_counter()
     with intra_op_threads(config.train.threads):

@@ -43,11 +43,19 @@ def _numbers(spec: str, parts: list[str]) -> list[float]:
     return out
 
 
+def _constant(value: float, spec: str | float) -> Constant:
+    if value == 1:  # a ramp may end at 1 (BYOL); a constant 1 never moves the target from W0
+        raise MomentumSpecError(f"momentum {spec!r}: a constant momentum of 1 keeps the target at the pre-trained "
+                                "weights, so the students imitate W0 and learn nothing; use a number in [0, 1), "
+                                "e.g. 0.99, or 'half-life:20'.")
+    return Constant(float(value))
+
+
 def _schedule(spec: str | float, steps: int) -> Any:
     if isinstance(spec, bool) or not isinstance(spec, (str, int, float)):
         raise MomentumSpecError(f"momentum must be a number or a string, got momentum={spec!r}; use {FORMS}.")
     if isinstance(spec, (int, float)):
-        return Constant(float(spec))
+        return _constant(spec, spec)
     kind, _, rest = spec.partition(":")
     if kind not in _ARITY:
         raise MomentumSpecError(f"momentum {spec!r} is not understood; use {FORMS}.")
@@ -60,7 +68,7 @@ def _schedule(spec: str | float, steps: int) -> Any:
     if kind == "none":
         return Constant(0.0)
     if kind == "constant":
-        return Constant(args[0])
+        return _constant(args[0], spec)
     if kind == "half-life":
         return HalfLife(args[0])
     if kind == "cosine":

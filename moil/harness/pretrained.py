@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from moil.backbones import Backbone, get_family
+from moil.backbones.family import load_errors
 from moil.harness.config import ConfigError, ModelSpec
 
 __all__ = ["FAMILY_TASKS", "MODEL_TYPES", "family_of", "family_task", "load_backbone", "load_processor"]
@@ -102,9 +103,13 @@ def load_backbone(spec: ModelSpec, task: str, *, num_answers: int | None = None,
     if num_answers is not None:
         kwargs = {"num_labels": num_answers, "ignore_mismatched_sizes": True}
     folder = _folder(spec)
+    if spec.family != "auto":  # an explicit family on another architecture's folder would load no weights
+        from moil.harness.generic import same_model_type
+
+        same_model_type(fam.task(name).cls, folder, spec, f"model.family = {spec.family!r}")
     try:
         model = fam.task(name).cls.from_pretrained(folder, **kwargs)
-    except (OSError, ValueError) as err:
+    except load_errors() as err:  # also a truncated weights file (SafetensorError)
         raise ConfigError(f"model.pretrained = {spec.pretrained!r}: cannot load a {family} model ({err}).") from None
     targets = list(spec.targets) or None
     try:

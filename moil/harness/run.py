@@ -29,7 +29,7 @@ from moil.harness.data import DemoData
 from moil.harness.imitation import imitation_report
 from moil.harness.memory import PeakMemory
 from moil.harness.metrics_log import MetricsLog, read_rows
-from moil.harness.run_folder import MANIFEST, hold, plan_run, run_manifest, write_json
+from moil.harness.run_folder import MANIFEST, check_apart, hold, plan_run, run_manifest, write_json
 from moil.harness.scoring import PRIMARY_METRIC, ValidationCurve, curve_key, score
 from moil.train import CHECKPOINT, train
 
@@ -65,9 +65,16 @@ def check_run(config: Config, arm: ArmSpec, task: str, seed: int, lr: float, ste
       ValueError: a ``RunFolderError``, ``ConfigError`` or checkpoint error naming the problem.
     """
     manifest = run_manifest(config_dict(config), arm.name, task, seed, lr, steps, made_by)
+    check_apart(run_dir, inputs_of(config), "--out")
     plan = plan_run(run_dir, manifest, resume=resume, overwrite=overwrite, checkpoint=CHECKPOINT)
     build_recipe(arm, task, lr, steps)
     return plan
+
+
+def inputs_of(config: Config) -> dict[str, str | None]:
+    """The paths a run reads: its model folder and data splits (``None``: not set)."""
+    d = config.data
+    return {"model.pretrained": config.model.pretrained, "data.train": d.train, "data.val": d.val, "data.test": d.test}
 
 
 def run_one(

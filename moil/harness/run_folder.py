@@ -31,8 +31,8 @@ import moil
 from moil.checkpoint.atomic import atomic_write_bytes, remove_stale_temps
 
 __all__ = [
-    "MANIFEST", "SAFE_CHANGES", "ResumeMismatchError", "RunFolderError", "RunFolderLockedError",
-    "flat_changes", "hold", "read_json", "resume_problems", "run_manifest", "write_json", "write_text",
+    "MANIFEST", "SAFE_CHANGES", "ResumeMismatchError", "RunFolderError", "RunFolderLockedError", "check_apart",
+    "flat_changes", "hold", "read_json", "refuse_both", "resume_problems", "run_manifest", "write_json", "write_text",
 ]
 
 MANIFEST = "run.json"
@@ -222,17 +222,46 @@ def checkpoint_step(path: Path) -> int | None:
     return step if isinstance(step, int) else None
 
 
+def check_apart(out: str | os.PathLike, inputs: Mapping[str, str | None], flag: str, *, around: bool = False) -> None:
+    """Refuse an output folder that is one of the run's inputs (``{"model.pretrained": path, ...}``)
+    or lies inside one — with ``around`` (an export, which replaces its folder) also one holding an
+    input: writing there would mix outputs into, or replace, the user's model or data.
+
+    Raises:
+      RunFolderError: naming ``flag`` (``--out``), the input and the fix.
+    """
+    target = Path(os.path.realpath(Path(out).expanduser()))
+    for field, path in inputs.items():
+        if path is None or not Path(path).expanduser().exists():
+            continue  # a hub id, or not there: nothing of the user's to protect
+        source = Path(os.path.realpath(Path(path).expanduser()))
+        if target == source or source in target.parents or (around and target in source.parents):
+            raise RunFolderError(
+                f"{flag} {out} is {'' if target == source else 'inside ' if source in target.parents else 'around '}"
+                f"{field} = {path!r}, an input of this run; writing there would mix into or replace it — "
+                f"give {flag} a folder of its own."
+            )
+
+
+def refuse_both(resume: bool, overwrite: bool) -> None:
+    """``--resume`` keeps what a folder holds and ``--overwrite`` discards it: never both."""
+    if resume and overwrite:
+        raise RunFolderError("--resume and --overwrite contradict each other (--resume continues the run in "
+                             "--out, --overwrite discards it); pass only one of them.")
+
+
 def plan_run(folder: Path, manifest: Mapping[str, Any], *, resume: bool, overwrite: bool,
              checkpoint: str) -> str:
     """What a run into ``folder`` does, decided by reading only: ``"fresh"`` (nothing there),
     ``"overwrite"`` (discard what is there), ``"resume"`` or ``"done"`` (finished as asked).
 
     Raises:
-      RunFolderError: ``folder`` is a file or a grid folder; or it holds a run and neither
+      RunFolderError: both ``resume`` and ``overwrite``; ``folder`` is a file or a grid folder; or it holds a run and neither
         ``resume`` nor ``overwrite`` is given; or its manifest is torn.
       ResumeMismatchError: ``resume`` with a config that differs (each field named).
     """
     folder = Path(folder)
+    refuse_both(resume, overwrite)
     if folder.exists() and not folder.is_dir():
         raise RunFolderError(f"run folder {folder} exists and is not a folder; give another --out path.")
     if (folder / "grid.json").exists():

@@ -42,12 +42,25 @@ class MoILCallback(TrainerCallback):
       seed: the students' initialisation seed.
       export: write the finalized students to ``<output_dir>/moil-students/`` at the end.
 
+    Raises:
+      TypeError: ``observer`` is not an :class:`~moil.observer.ImitationObserver` (e.g. a bare
+        approximation), ``seed`` not an integer, ``export`` not a bool.
+
     Attributes:
       state: the :class:`~moil.observer.ObserverState` (``None`` before training starts).
       metrics: the last update's metrics (``momentum/m0``, ``distance/<student>``, …).
     """
 
     def __init__(self, observer: ImitationObserver, *, seed: int = 0, export: bool = True) -> None:
+        if not isinstance(observer, ImitationObserver):
+            raise TypeError(
+                f"MoILCallback: observer must be a moil.observer.ImitationObserver, got {observer!r}; wrap "
+                "your students, e.g. MoILCallback(ImitationObserver(Hybrid(8), targets=['query', 'key', 'value']))."
+            )
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise TypeError(f"MoILCallback: seed must be an integer, got seed={seed!r}.")
+        if not isinstance(export, bool):
+            raise TypeError(f"MoILCallback: export must be True or False, got export={export!r}.")
         self.observer, self.seed, self.export = observer, seed, export
         self.bound: ImitationObserver | None = None
         self.state: ObserverState | None = None

@@ -88,8 +88,8 @@ def retrieval_batch(processor: Any, images: list, texts: Sequence[str]) -> dict[
 def soft_scores(answers: Any) -> dict[str, float]:
     """An answers cell → ``{answer: score}``: a string scores 1; a list (VQAv2's ten human
     answers) scores ``min(1, count / 3)`` per distinct answer."""
-    if isinstance(answers, str):
-        return {answers: 1.0}
+    if isinstance(answers, (str, int)):  # an int: a CSV column of numbers ("3" read as 3)
+        return {str(answers): 1.0}
     counts = Counter(str(a) for a in answers)
     return {a: min(1.0, c / 3) for a, c in counts.items()}
 

@@ -24,8 +24,8 @@ from torch import Tensor
 
 from moil.harness.config import ColumnsSpec, Config, ConfigError
 from moil.harness.data import collate
-from moil.harness.data.disk import check_columns, decode_image, read_split
-from moil.harness.data.visual_inputs import feature_tensor, with_boxes
+from moil.harness.data.disk import check_columns, check_rows, decode_image, read_split
+from moil.harness.data.visual_inputs import check_features, feature_tensor, with_boxes
 
 __all__ = ["DiskData", "DiskSplit", "load_disk_data"]
 
@@ -188,8 +188,17 @@ def load_disk_data(config: Config, processor: Any) -> DiskData:
         rows = read_split(path, f"data.{name}", images)
         if d.limit:
             rows = rows.select(range(min(d.limit, len(rows))))
+        c = d.columns
         for task in config.train.tasks:
-            check_columns(rows, _needed(task, d.columns), path, f"data.{name}")
+            check_columns(rows, _needed(task, c), path, f"data.{name}")
+            files = c.pair if task == "nlvr2" else (() if c.features is not None else (c.image,))
+            cells = ({"question": (c.question, "text"), "answers": (c.answers, "answers")} if task == "vqa" else
+                     {"text": (c.text, "text")} | ({"label": (c.label, "label")} if task == "nlvr2" else {}))
+            check_rows(rows, cells, files, path, f"data.{name}", distinct="text" if task == "itm" else None)
+        if c.features is not None and "nlvr2" not in config.train.tasks:
+            root = Path(path).expanduser()
+            check_features(rows, c.features, c.boxes, f"data.{name} = {path!r}", root if root.is_dir() else root.parent,
+                           getattr(processor, "dim", None))
         splits[name] = DiskSplit(rows, path, f"data.{name}")
     answers = ()
     if "vqa" in config.train.tasks:

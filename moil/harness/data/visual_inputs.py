@@ -26,7 +26,7 @@ from torch import Tensor
 from moil.harness.config import ConfigError
 from moil.harness.data.visual_features import EfficientNetLite0Grid
 
-__all__ = ["VisualProcessor", "feature_tensor", "visual_processor", "with_boxes"]
+__all__ = ["VisualProcessor", "check_features", "feature_tensor", "visual_processor", "with_boxes"]
 
 
 def feature_tensor(cell: Any, where: str, root: Path | None = None) -> Tensor:
@@ -37,13 +37,49 @@ def feature_tensor(cell: Any, where: str, root: Path | None = None) -> Tensor:
             cell = np.load(path)
         except (OSError, ValueError) as err:
             raise ConfigError(f"{where}: feature file {str(path)!r} does not load ({err}).") from None
-    x = torch.as_tensor(np.asarray(cell, dtype=np.float32))
+    try:
+        x = torch.as_tensor(np.asarray(cell, dtype=np.float32))
+    except (TypeError, ValueError) as err:  # ragged rows, text, None
+        raise ConfigError(f"{where}: a feature cell is not a (tokens, dim) array of numbers ({err}); store one "
+                          "(T, D) array per row in [data.columns] features.") from None
     if x.dim() != 2:
         raise ConfigError(
             f"{where}: a feature cell must be (tokens, dim), got shape {tuple(x.shape)}; store one "
             "(T, D) array per row in [data.columns] features."
         )
+    if not bool(torch.isfinite(x).all()):
+        raise ConfigError(f"{where}: a feature cell holds NaN or inf; fix the features of that row (or remove it).")
     return x
+
+
+def check_features(rows: Any, features: str, boxes: str | None, where: str, root: Path, dim: int | None) -> None:
+    """Every row's feature cell, before training: a ``(T, D)`` array of finite numbers with one
+    shape for all rows (a batch stacks them), ``D = dim`` (with ``boxes``: ``dim - 6``), and its
+    boxes; a ``.npy`` path must name a file (it is loaded only when its batch is made).
+
+    Raises:
+      ConfigError: naming the row, what is wrong and the fix.
+    """
+    shape, width = None, None if dim is None else dim - (6 if boxes is not None else 0)
+    columns = [features] + ([boxes] if boxes is not None else [])
+    for start, chunk in enumerate(rows.select_columns(columns).iter(batch_size=256)):
+        for i, cell in enumerate(chunk[features], start=256 * start):
+            at = f"{where} row {i}"
+            if isinstance(cell, str):
+                if not (Path(cell) if Path(cell).is_absolute() else root / cell).is_file():
+                    raise ConfigError(f"{at}: feature file {cell!r} does not exist (relative to {str(root)!r}).")
+                continue
+            x = feature_tensor(cell, at)
+            if boxes is not None:
+                x = with_boxes(x, chunk[boxes][i - 256 * start], at)
+            if width is not None and x.shape[1] != dim:
+                given = f"{x.shape[1] - 6} + 6 box values = {x.shape[1]}" if boxes is not None else f"{x.shape[1]}"
+                raise ConfigError(f"{at}: features of width {given}, but the model reads visual_embedding_dim = "
+                                  f"{dim}; store features of width {width}, or use a model of width {x.shape[1]}.")
+            if shape not in (None, tuple(x.shape)):
+                raise ConfigError(f"{at}: features of shape {tuple(x.shape)}, but earlier rows have {shape}; a batch "
+                                  "stacks its rows, so store every row with one (tokens, dim) shape (pad the tokens).")
+            shape = tuple(x.shape)
 
 
 def with_boxes(features: Tensor, boxes: Any, where: str) -> Tensor:
@@ -51,11 +87,21 @@ def with_boxes(features: Tensor, boxes: Any, where: str) -> Tensor:
 
     ``boxes`` ``(T, 4)``: corners in [0, 1] of the image; ``w = x2 - x1``, ``h = y2 - y1``.
     """
-    b = torch.as_tensor(np.asarray(boxes, dtype=np.float32))
+    try:
+        b = torch.as_tensor(np.asarray(boxes, dtype=np.float32))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: a [data.columns] boxes cell is not a (tokens, 4) array ({err}).") from None
     if b.shape != (features.shape[0], 4):
         raise ConfigError(
             f"{where}: [data.columns] boxes must be (tokens, 4) = ({features.shape[0]}, 4) to match the "
             f"features, got {tuple(b.shape)}; store x1, y1, x2, y2 per region."
+        )
+    if not (bool(torch.isfinite(b).all()) and b.min() >= 0 and b.max() <= 1
+            and bool((b[:, 2] >= b[:, 0]).all()) and bool((b[:, 3] >= b[:, 1]).all())):
+        raise ConfigError(
+            f"{where}: [data.columns] boxes must be corners x1 <= x2, y1 <= y2 in [0, 1] (fractions of the "
+            f"image), got values in [{float(b.min())}, {float(b.max())}]; divide pixel boxes by the image's "
+            "width and height."
         )
     return torch.cat([features, b, b[:, 2:3] - b[:, 0:1], b[:, 3:4] - b[:, 1:2]], dim=1)
 
