@@ -446,3 +446,23 @@ def test_read_back_mismatch_keeps_the_old_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(path)[1] == {"v": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]
+
+
+def test_a_bf16_momentum_target_of_an_older_checkpoint_restores_by_exact_upcast():
+    """A checkpoint written before momentum targets of bf16/fp16 teachers were kept in
+    float32 resumes: the stored target is upcast exactly (every bf16/fp16 value is a
+    float32 value) into the float32 template. Only a field a state names in its
+    ``UPCAST_FIELDS`` may: a bf16 tensor elsewhere (a teacher) is still refused."""
+    from moil.momentum import MomentumState, MomentumTarget
+
+    for low in (torch.bfloat16, torch.float16):
+        teacher = {"w": torch.randn(4, 3).to(low), "b": torch.randn(3).to(low)}
+        old = {"m0": MomentumState(target={k: v.clone() for k, v in teacher.items()}, step=7)}
+        template = {"m0": MomentumTarget(0.9).init(teacher)}
+        restored = restore_state(template, *split_state(old))
+        assert restored["m0"].step == 7
+        for k, v in teacher.items():
+            got = restored["m0"].target[k]
+            assert got.dtype == torch.float32 and torch.equal(got, v.float()), k
+        with pytest.raises(CheckpointMismatchError, match="dtype"):
+            restore_state({"teacher": {"w": torch.zeros(4, 3)}}, *split_state({"teacher": {"w": teacher["w"]}}))

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from moil.checkpoint.errors import CheckpointMismatchError
 
-__all__ = ["check_matches"]
+__all__ = ["EXACT_UPCASTS", "check_matches"]
 
 
 def check_matches(
@@ -34,8 +35,14 @@ def _kind(x: Any) -> type:
     return next((k for k in (bool, int, float) if isinstance(x, k)), type(x))
 
 
-def _problems(got: Mapping[str, Any], want: Mapping[str, Any], dtypes: bool = True) -> list[str]:
-    """At most five differences of keys, then shapes / dtypes (tensors) or types (scalars)."""
+#: Stored → template dtypes restored exactly by an upcast (every value is representable).
+EXACT_UPCASTS = frozenset({(torch.bfloat16, torch.float32), (torch.float16, torch.float32)})
+
+
+def _problems(got: Mapping[str, Any], want: Mapping[str, Any], dtypes: bool = True,
+              upcast: frozenset[str] = frozenset()) -> list[str]:
+    """At most five differences of keys, then shapes / dtypes (tensors) or types (scalars);
+    a key in ``upcast`` may hold a narrower dtype that :data:`EXACT_UPCASTS` widens exactly."""
     missing = sorted(set(want) - set(got))
     unexpected = sorted(set(got) - set(want))
     problems = []
@@ -50,7 +57,7 @@ def _problems(got: Mapping[str, Any], want: Mapping[str, Any], dtypes: bool = Tr
                 problems.append(f"{key!r} is {g!r}, expected a {_kind(w).__name__}")
         elif tuple(g.shape) != tuple(w.shape):
             problems.append(f"{key!r} has shape {tuple(g.shape)}, expected {tuple(w.shape)}")
-        elif dtypes and g.dtype != w.dtype:
+        elif dtypes and g.dtype != w.dtype and not (key in upcast and (g.dtype, w.dtype) in EXACT_UPCASTS):
             problems.append(f"{key!r} has dtype {g.dtype}, expected {w.dtype}")
         if len(problems) >= 5:
             break

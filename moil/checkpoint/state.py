@@ -83,12 +83,17 @@ def restore_state(template: Any, tensors: Mapping[str, Tensor], scalars: Mapping
     there); scalars take the template's type (after :func:`split_state`'s JSON trip
     an int is an int, a float a float — nan and -0.0 included).
 
+    A NamedTuple state may name fields in ``UPCAST_FIELDS`` whose tensors may be stored in
+    a narrower dtype than the template's, restored by an exact upcast
+    (:data:`~moil.checkpoint.match.EXACT_UPCASTS`): a bf16 teacher's momentum target,
+    written in bf16 before targets were kept in float32.
+
     Raises:
       CheckpointMismatchError: keys differ, or a tensor's shape / dtype or a scalar's
         type differs from the template's.
     """
     want_t, want_s = split_state(template)
-    problems = _problems(tensors, want_t) + _problems(scalars, want_s)
+    problems = _problems(tensors, want_t, upcast=_upcast_keys(template)) + _problems(scalars, want_s)
     if problems:
         raise CheckpointMismatchError(
             "checkpoint does not match this recipe/backbone: " + "; ".join(problems[:5])
@@ -102,10 +107,23 @@ def _fill(node: Any, tensors: Mapping[str, Tensor], scalars: Mapping[str, Any], 
     out = {}
     for name, child in _children(node).items():
         key = f"{prefix}{name}"
-        if isinstance(child, Tensor):
-            out[name] = tensors[key].to(child.device)
+        if isinstance(child, Tensor):  # same dtype: a no-op; an allowed exact upcast otherwise
+            out[name] = tensors[key].to(device=child.device, dtype=child.dtype)
         elif isinstance(child, (bool, int, float)):
             out[name] = type(child)(scalars[key])
         else:
             out[name] = _fill(child, tensors, scalars, key + KEY_SEP)
     return type(node)(**out) if _is_namedtuple(node) else out
+
+
+def _upcast_keys(node: Any, prefix: str = "", upcast: bool = False) -> frozenset[str]:
+    """The flat tensor keys under a NamedTuple field named in its ``UPCAST_FIELDS``."""
+    keys: set[str] = set()
+    allowed = getattr(type(node), "UPCAST_FIELDS", ()) if _is_namedtuple(node) else ()
+    for name, child in _children(node).items():
+        key, below = f"{prefix}{name}", upcast or name in allowed
+        if isinstance(child, Tensor) and below:
+            keys.add(key)
+        elif _is_namedtuple(child) or isinstance(child, Mapping):
+            keys |= _upcast_keys(child, key + KEY_SEP, below)
+    return frozenset(keys)

@@ -124,17 +124,17 @@ def ema_update(
             return {k: t.detach().clone() for k, t in target.items()}
         if m == 0.0:
             return {k: source[k].detach().to(t.dtype, copy=True) for k, t in target.items()}
-        groups: dict[tuple[torch.device, torch.dtype], list[str]] = {}
-        out: dict[str, Tensor] = {}
+        # One foreach call per (device, target dtype, source dtype); a bf16/fp16 teacher of a
+        # float32 target is upcast exactly first.
+        groups: dict[tuple[torch.device, torch.dtype, torch.dtype], list[str]] = {}
         for key, t in target.items():
-            s = source[key].detach()
-            if s.dtype != t.dtype:  # a bf16/fp16 teacher: upcast exactly, one key at a time
-                out[key] = torch.lerp(t.detach(), s.to(t.dtype), 1.0 - m)
-            else:
-                groups.setdefault((t.device, t.dtype), []).append(key)
-        for keys in groups.values():
+            groups.setdefault((t.device, t.dtype, source[key].dtype), []).append(key)
+        out: dict[str, Tensor] = {}
+        for (_, dtype, _), keys in groups.items():
             # The out-of-place foreach op allocates new tensors; inputs stay untouched.
-            new = torch._foreach_lerp([target[k].detach() for k in keys], [source[k].detach() for k in keys], 1.0 - m)
+            new = torch._foreach_lerp(
+                [target[k].detach() for k in keys], [source[k].detach().to(dtype) for k in keys], 1.0 - m
+            )
             out.update(zip(keys, new))
         return {k: out[k] for k in target}
 
@@ -150,6 +150,10 @@ class MomentumState(NamedTuple):
 
     target: dict[str, Tensor]
     step: int
+
+    #: A checkpoint may hold ``target`` in bf16/fp16 (written before targets were kept in
+    #: float32); it is restored by an exact upcast (:func:`moil.checkpoint.restore_state`).
+    UPCAST_FIELDS = ("target",)
 
 
 def _as_schedule(schedule: Schedule | float) -> Schedule:

@@ -22,16 +22,22 @@ __all__ = ["check_als_adapter", "check_finite", "check_low_rank_adapter"]
 
 def check_finite(fit: str, adapter: Adapter, base: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> None:
     """Raise a ValueError naming the first ``"<t>.weight"``/``"<t>.bias"`` of ``base`` or
-    ``target`` that holds a NaN or ±inf (an SVD of it fails with a LAPACK error, or fits NaN)."""
-    for t in adapter.targets:
-        for where, tensors in (("target", target), ("base", base)):
-            for key in (f"{t}.weight", f"{t}.bias"):
-                value = tensors.get(key)
-                if value is not None and not bool(torch.isfinite(value).all()):
-                    raise ValueError(
-                        f"{fit}: {where}[{key!r}] holds NaN or inf values; a closed-form fit needs "
-                        "finite weights — check the teacher's training (loss scale, learning rate)."
-                    )
+    ``target`` that holds a NaN or ±inf (an SVD of it fails with a LAPACK error, or fits NaN).
+
+    One device sync in all: the per-key flags are stacked before they are read; the keys
+    are looked at one by one only to name a bad one."""
+    named = [(where, key, value) for t in adapter.targets for where, tensors in (("target", target), ("base", base))
+             for key in (f"{t}.weight", f"{t}.bias") if (value := tensors.get(key)) is not None]
+    if not named:
+        return
+    finite = torch.stack([torch.isfinite(v).all().to(named[0][2].device) for *_, v in named])
+    if bool(finite.all()):
+        return
+    where, key, _ = named[int((~finite).nonzero()[0])]
+    raise ValueError(
+        f"{fit}: {where}[{key!r}] holds NaN or inf values; a closed-form fit needs "
+        "finite weights — check the teacher's training (loss scale, learning rate)."
+    )
 
 
 def check_low_rank_adapter(adapter: Adapter, fit: str, other: str) -> LowRank:
