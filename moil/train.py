@@ -8,7 +8,6 @@ never stopped (on the same device and threads).
 
 from __future__ import annotations
 
-import numbers
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -19,10 +18,19 @@ from torch import Tensor
 
 from moil.batch_source import Batches, batch_source
 from moil.checkpoint import load_checkpoint, restore_state, save_checkpoint, split_state
-from moil.distributed import (active, agree, check_plain_tensors, full_state, init_world, local_state, on_main,
-                               shard_batch)
+from moil.distributed import (
+    active,
+    agree,
+    check_plain_tensors,
+    full_state,
+    init_world,
+    local_state,
+    on_main,
+    shard_batch,
+)
 from moil.precision import DTYPES, Autocast
 from moil.schedules import bind_run
+from moil.train_checks import check_arguments
 
 __all__ = ["CHECKPOINT", "evaluate", "first_non_finite", "load_state", "save_state", "step_seed", "train"]
 
@@ -117,9 +125,9 @@ def train(
     checkpoint in place. The checkpoint before the newest is kept as
     ``checkpoint.prev.safetensors``.
     """
-    _check_arguments(recipe, backbone, steps=steps, seed=seed, run_dir=run_dir, checkpoint_every=checkpoint_every,
-                     checkpoint_seconds=checkpoint_seconds, resume=resume, on_step=on_step, validate=validate,
-                     validate_every=validate_every)
+    check_arguments(recipe, backbone, steps=steps, seed=seed, run_dir=run_dir, checkpoint_every=checkpoint_every,
+                    checkpoint_seconds=checkpoint_seconds, resume=resume, on_step=on_step, validate=validate,
+                    validate_every=validate_every)
     steps, seed = int(steps), int(seed)  # a numpy integer is an integer too
     if precision != "fp32":
         if precision not in DTYPES:
@@ -195,39 +203,6 @@ def train(
         with active(world):
             state = full_state(recipe, state, backbone, world)  # every rank: the whole state
     return recipe.finalize(state, backbone) if finalize else state
-
-
-def _check_arguments(recipe: Any, backbone: Any, *, steps: Any, seed: Any, run_dir: Any, checkpoint_every: Any,
-                     checkpoint_seconds: Any, resume: Any, on_step: Any, validate: Any, validate_every: Any) -> None:
-    """Refuse a bad argument of :func:`train` before anything runs, naming it, its value and the fix."""
-    def whole(v: Any, low: int) -> bool:
-        return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low  # numpy ints too
-    seconds = checkpoint_seconds
-    for bad, message in (
-        (not whole(steps, 0), f"steps must be an integer >= 0, got steps={steps!r}"),
-        (not all(callable(getattr(recipe, m, None)) for m in ("init", "step", "finalize")),
-         f"recipe must be a moil recipe (init/step/finalize, e.g. moil.recipes.MoIL), got a {type(recipe).__name__}"),
-        (not callable(getattr(backbone, "base", None)), f"backbone must be a moil.backbones.Backbone, got a "
-         f"{type(backbone).__name__}; wrap a model with moil.backbones.from_model(model, targets) or vilt.build(model)"),
-        (not whole(seed, -2**63), f"seed must be an integer, got seed={seed!r}"),
-        (checkpoint_every is not None and not whole(checkpoint_every, 0),
-         f"checkpoint_every must be an integer >= 1 (0 or None: off), got checkpoint_every={checkpoint_every!r}"),
-        (seconds is not None and not (type(seconds) in (int, float) and 0 < seconds < float("inf")),
-         f"checkpoint_seconds must be a finite number > 0 (or None: off), got checkpoint_seconds={seconds!r}"),
-        (run_dir is None and bool(resume or checkpoint_every or seconds), "resume, checkpoint_every and checkpoint_"
-         f"seconds need run_dir (where the checkpoint goes), got run_dir=None with resume={resume!r}, "
-         f"checkpoint_every={checkpoint_every!r}, checkpoint_seconds={seconds!r}"),
-        (run_dir is not None and Path(run_dir).exists() and not Path(run_dir).is_dir(),
-         f"run_dir={str(run_dir)!r} exists and is not a folder; give a folder path"),
-        (on_step is not None and not callable(on_step), f"on_step must be a function (step, metrics), got {on_step!r}"),
-        ((validate is None) != (validate_every is None) or (validate is not None and not callable(validate)),
-         "give validate (a function state -> metrics) and validate_every (the steps between calls) together, "
-         f"got validate={validate!r}, validate_every={validate_every!r}"),
-        (validate_every is not None and not whole(validate_every, 1),
-         f"validate_every must be an integer >= 1, got validate_every={validate_every!r}"),
-    ):
-        if bad:
-            raise (TypeError if message.startswith(("recipe", "backbone")) else ValueError)(f"train: {message}.")
 
 
 VALIDATE_SEED = 104_729  # offsets validate's RNG stream from the step's

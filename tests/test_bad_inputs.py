@@ -505,8 +505,8 @@ PIXEL_CASES = [
      ["batch['pixel_values']", "(3, 32, 32)", "(B, C, H, W)"]),
     ("input-ids-a-list", lambda b: {**b, "input_ids": b["input_ids"].tolist()},
      ["batch['input_ids'] is a list", "return_tensors='pt'"]),
-    ("batch-sizes-differ", lambda b: {**b, "pixel_values": b["pixel_values"][:2]},
-     ["different batch sizes", "'input_ids': 4", "'pixel_values': 2"]),
+    ("text-batch-sizes-differ", lambda b: {**b, "attention_mask": torch.ones(2, 7, dtype=torch.int64)},
+     ["different batch sizes", "'input_ids': 4", "'attention_mask': 2"]),
 ]
 
 
@@ -685,3 +685,211 @@ def test_a_model_class_that_would_load_none_of_the_folders_weights_is_refused(di
     message = " ".join(str(err.value).split())
     for fragment in fragments:
         assert fragment in message, (fragment, message)
+
+
+# -- 8. what the checks must not do: refuse valid input, or replace the model's own error ------------
+def test_a_model_error_is_not_blamed_on_a_key_the_model_never_reads(vilt_tiny):
+    """An attention_mask of the wrong length fails inside ViLT; the extra ``question_id`` list is not
+    what the model received, so the model's own error comes back unchanged (same type and message)."""
+    backbone, batch = vilt_tiny
+    bad = {**batch, "attention_mask": torch.ones(4, 5, dtype=torch.int64)}
+    with pytest.raises(Exception) as direct:
+        backbone.model(**backbone.inputs(bad))
+    with pytest.raises(type(direct.value)) as err:
+        backbone(backbone.head_params(), {**bad, "question_id": [1, 2, 3, 4]})
+    assert type(err.value) is type(direct.value) and str(err.value) == str(direct.value)
+    assert "question_id" not in str(err.value)
+
+
+def test_out_of_memory_in_the_forward_is_raised_unchanged(vilt_tiny, monkeypatch):
+    """accelerate's find_executable_batch_size halves the batch on torch.OutOfMemoryError: it must
+    not come back as a ValueError, even when the batch holds something the layout check refuses."""
+    backbone, batch = vilt_tiny
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    def fails(*args, **kwargs):
+        raise oom
+    monkeypatch.setattr(torch.func, "functional_call", fails)
+    with pytest.raises(torch.OutOfMemoryError) as err:
+        backbone(backbone.head_params(), {**batch, "input_ids": batch["input_ids"].tolist()})
+    assert err.value is oom
+
+
+def test_a_found_input_problem_keeps_the_models_error_as_its_cause(vilt_tiny):
+    backbone, batch = vilt_tiny
+    with pytest.raises(ValueError, match=r"batch\['input_ids'\] is a list") as err:
+        backbone(backbone.head_params(), {**batch, "input_ids": batch["input_ids"].tolist()})
+    assert err.value.__cause__ is not None
+
+
+def test_retrieval_and_flattened_pixel_layouts_are_accepted(vilt_tiny):
+    """A CLIP/BridgeTower retrieval batch holds N texts and M images; a Qwen2-VL-style processor
+    gives 2-D pixel_values (patches, C * T * P * P). Neither is a layout problem."""
+    from moil.backbones import clip
+    from moil.backbones.input_checks import layout_problem
+
+    texts = {"input_ids": torch.randint(0, 99, (4, 7)), "attention_mask": torch.ones(4, 7, dtype=torch.int64)}
+    assert layout_problem(vilt_tiny[0].model, {**texts, "pixel_values": torch.randn(2, 3, 32, 32)}) is None
+    assert layout_problem(vilt_tiny[0].model, {**texts, "pixel_values": torch.randn(64, 1176)}) is None
+    backbone = clip.build(clip.tiny("contrastive", seed=0))
+    size = backbone.model.config.vision_config.image_size
+    out = backbone(backbone.head_params(), {**texts, "pixel_values": torch.randn(2, 3, size, size)})
+    assert out["text_embeds"].shape[0] == 4 and out["image_embeds"].shape[0] == 2
+
+
+def test_the_forward_imports_no_module_of_checks_while_running():
+    """pixel_problem / input_problem live in a leaf module base.py imports at its top."""
+    import inspect
+
+    from moil.backbones import base, input_checks
+
+    assert base.pixel_problem is input_checks.pixel_problem and base.input_problem is input_checks.input_problem
+    assert "import" not in inspect.getsource(base.Backbone.__call__)
+
+
+def test_a_saved_dataset_whose_image_column_holds_paths_is_checked(tmp_path):
+    """save_to_disk of a column of path strings: its files are checked (it used to crash on
+    chunk.field("path") of a StringArray), and a missing one is named."""
+    import datasets
+    from PIL import Image
+
+    from moil.harness.data.disk import check_rows, read_split
+
+    paths = []
+    for i in range(3):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_dict({"image": paths, "text": ["a", "b", "c"]}).save_to_disk(str(saved))
+    rows = read_split(str(saved), "data.train", "image")
+    check_rows(rows, {"text": ("text", "text")}, ["image"], str(saved), "data.train", distinct="text")  # accepted
+    (tmp_path / "1.png").unlink()
+    with pytest.raises(ConfigError, match=r"1 image file\(s\) of column 'image' do not exist.*1\.png"):
+        check_rows(rows, {"text": ("text", "text")}, ["image"], str(saved), "data.train")
+
+
+def test_only_a_torn_or_non_utf8_file_becomes_a_fix_the_row_error(tmp_path):
+    """A full disk or no permission is not a bad row: it propagates as it is. A torn file's error
+    is chained (traceback kept), and a cyclic cause chain ends."""
+    import pyarrow as pa
+
+    from moil.harness.data.disk import _loaded
+
+    def raises(err):
+        def load():
+            raise err
+        return load
+    for err in (PermissionError(13, "Permission denied"), OSError(28, "No space left on device")):
+        with pytest.raises(type(err)) as got:
+            _loaded(raises(err), tmp_path / "m.jsonl", "data.train", "x")
+        assert got.value is err
+    torn, inner = pa.ArrowInvalid("JSON parse error: Invalid value. in row 3"), ValueError("inner")
+    torn.__context__, inner.__context__ = inner, torn  # a cycle
+    with pytest.raises(ConfigError, match=r"m\.jsonl \((ValueError: inner|ArrowInvalid: JSON parse).*fix or remove") as got:
+        _loaded(raises(torn), tmp_path / "m.jsonl", "data.train", "x")
+    assert got.value.__cause__ is torn
+
+
+def test_a_metadata_file_of_blank_lines_is_empty_and_a_leading_blank_line_is_not(tmp_path):
+    from moil.harness.data.disk import _not_empty
+
+    (tmp_path / "blank.jsonl").write_text("\n  \n\t\n")
+    with pytest.raises(ConfigError, match=r"blank\.jsonl is empty"):
+        _not_empty(tmp_path / "blank.jsonl", "data.train", "x")
+    (tmp_path / "rows.jsonl").write_text('\n{"file_name": "0.png"}\n')
+    _not_empty(tmp_path / "rows.jsonl", "data.train", "x")  # accepted
+
+
+def test_box_corners_a_rounding_error_outside_0_1_are_clamped_and_beyond_slack_refused():
+    from moil.harness.data.visual_inputs import BOX_SLACK, with_boxes
+
+    feats = torch.zeros(2, 3)
+    out = with_boxes(feats, [[0.0, 0.25, 1.0000001, 0.5], [-1e-7, 0.0, 0.75, 1.0]], "row 0")
+    torch.testing.assert_close(out[:, 3:7], torch.tensor([[0.0, 0.25, 1.0, 0.5], [0.0, 0.0, 0.75, 1.0]]), rtol=0, atol=0)
+    torch.testing.assert_close(out[:, 7:], torch.tensor([[1.0, 0.25], [0.75, 1.0]]), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match=r"row 0.*in \[0, 1\]"):
+        with_boxes(feats, [[0.0, 0.0, 1.0 + 2 * BOX_SLACK, 0.5]] * 2, "row 0")
+
+
+def test_an_auto_model_class_loads_and_tokenizers_processors_configs_are_refused(disk):
+    """AutoModelFor… classes loaded before the model-class check; they pick the folder's architecture."""
+    from moil.harness.generic import load_generic, model_class
+
+    def spec(name):
+        text = (f'[model]\npretrained = "{disk / "model"}"\nfamily = "generic"\nmodel_class = "{name}"\n'
+                f'targets = ["query"]\n[data]\ntrain = "{disk / "images"}"\n[train]\ntasks = ["vqa"]\n')
+        return loads_config(text, "run.toml").model
+    backbone = load_generic(spec("AutoModelForVisualQuestionAnswering"), str(disk / "model"), "vqa", num_answers=3)
+    assert type(backbone.model).__name__ == "ViltForQuestionAnswering" and backbone.targets
+    for name in ("AutoTokenizer", "AutoProcessor", "AutoConfig", "AutoImageProcessor"):
+        with pytest.raises(ConfigError, match=f"model.model_class = '{name}' is not a transformers model class"):
+            model_class(spec(name))
+
+
+def test_numpy_numbers_are_accepted_where_an_integer_or_a_number_is_meant(tmp_path):
+    import numpy as np
+
+    from moil.integrations.trainer import MoILCallback
+    from moil.train_checks import check_arguments
+
+    args = dict(steps=np.int64(3), seed=np.int64(1), run_dir=str(tmp_path), checkpoint_every=np.int32(2), resume=False,
+                on_step=None, validate=None, validate_every=None)
+    for seconds in (np.float64(300), np.float32(0.5), np.int64(60), 300):
+        check_arguments(_DuckRecipe(), _DuckBackbone(), checkpoint_seconds=seconds, **args)  # accepted
+    for seconds in (True, np.float64("inf"), np.float64(0)):
+        with pytest.raises(ValueError, match="checkpoint_seconds must be a finite number > 0"):
+            check_arguments(_DuckRecipe(), _DuckBackbone(), checkpoint_seconds=seconds, **args)
+    callback = MoILCallback(_observer(), seed=np.int64(7))
+    assert callback.seed == 7 and type(callback.seed) is int
+    with pytest.raises(TypeError, match="seed=True"):
+        MoILCallback(_observer(), seed=True)
+
+
+def test_from_pretrained_wraps_only_a_local_folders_load_failure(disk, tmp_path, monkeypatch):
+    """A hub id's errors (network, gated repo) and an out-of-memory come back as transformers raised
+    them; a local folder without weights is named. A slash-less id is a hub id, not a folder."""
+    import shutil
+
+    from moil.backbones import vilt
+    from moil.backbones.family import local_path
+
+    assert local_path("bert-base-uncased") is None and local_path("owner/name") is None
+    assert local_path("./model") is not None and local_path(str(disk / "model")) == disk / "model"
+    cls = vilt.FAMILY.task("itm").cls
+    for given, error in (("owner/name", OSError("gated repo: log in with huggingface-cli login")),
+                         (str(disk / "model"), torch.OutOfMemoryError("CUDA out of memory"))):
+        def fails(*args, error=error, **kwargs):
+            raise error
+        with monkeypatch.context() as m:
+            m.setattr(cls, "from_pretrained", fails)
+            with pytest.raises(type(error)) as err:
+                vilt.from_pretrained(given, "itm")
+        assert err.value is error
+    folder = shutil.copytree(disk / "model", tmp_path / "model")
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(ValueError, match=r"vilt\.from_pretrained: cannot load a ViltForImageAndTextRetrieval") as err:
+        vilt.from_pretrained(str(folder), "itm")
+    assert isinstance(err.value.__cause__, OSError)
+
+
+def test_answers_and_pair_labels_are_parsed_in_one_place_and_bools_are_no_answers():
+    from moil.harness.data import disk
+    from moil.harness.data.collate import _label, pair_label, soft_scores
+
+    for value in (True, False, 1, 0, "true", " FALSE ", "1", "0", "maybe", 2, None):
+        assert disk._is_label(value) == (pair_label(value) is not None)
+        if pair_label(value) is not None:
+            assert _label(value) == pair_label(value)
+    for cell in (True, [True, "yes"]):
+        assert not disk._is_answers(cell)
+        with pytest.raises(ConfigError, match="holds a bool"):
+            soft_scores(cell)
+    assert disk._is_answers(3) and soft_scores(3) == {"3": 1.0}
+
+
+def test_inputs_of_lives_next_to_check_apart():
+    from moil.harness import exporting, grid, run, run_folder
+
+    assert grid.inputs_of is run_folder.inputs_of and run.inputs_of is run_folder.inputs_of
+    assert "moil.harness.run import" not in Path(exporting.__file__).read_text()

@@ -227,3 +227,13 @@ def test_family_auto_reads_a_visualbert_folder(tmp_path):
     visualbert.tiny("vqa").save_pretrained(tmp_path / "vb")
     spec = loads_config(f'[model]\npretrained = "{tmp_path / "vb"}"\nfamily = "auto"\n[data]\ntrain = "x"\n').model
     assert family_of(spec) == "visualbert"
+
+
+def test_a_slash_less_name_that_is_no_folder_is_refused_at_once_without_the_network(work, tmp_path):
+    """``pretrained = "mymodel"`` (a mistyped folder, or a hub id not in the local cache) is
+    refused when the config loads — runs are offline — instead of retrying downloads."""
+    (tmp_path / "run.toml").write_text(config(work, "clip", "retrieval").replace(str(work / "clip"), "no-such-model-here"))
+    result = invoke("train", "--config", tmp_path / "run.toml", "--out", tmp_path / "run")
+    assert result.exit_code == 2 and "'no-such-model-here': no such folder" in result.output
+    assert "local cache" in result.output  # said before any download was tried
+    assert not (tmp_path / "run").exists()

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from moil.approx import TRANSFORM_KEYS, Adapter, Approximation, Sharing
 from moil.backbones.calls import Logits, forward_inputs
+from moil.backbones.input_checks import input_problem, pixel_problem
 from moil.backbones.targets import Linear, Patterns, linear_layers, select_params, select_targets
 
 __all__ = ["Backbone", "from_model", "auto_sharing"]
@@ -207,21 +208,22 @@ class Backbone:
           batch: HF-named inputs (``input_ids`` ``(B, L)``, ``pixel_values``
             ``(B, 3, H, W)``, …) and labels, which are not passed to the model.
         """
-        from moil.backbones.checks import input_problem, pixel_problem
-
         if isinstance(batch, Mapping) and (problem := pixel_problem(batch)):  # metadata only: no sync
             raise ValueError(problem)
-        full = self.resolve(params)
+        full, kwargs = self.resolve(params), None
         try:
-            out = torch.func.functional_call(
-                self.model, full, args=(), kwargs=self.inputs(batch), tie_weights=True, strict=False
-            )
+            kwargs = self.inputs(batch)
+            out = torch.func.functional_call(self.model, full, args=(), kwargs=kwargs, tie_weights=True,
+                                             strict=False)
+        except torch.OutOfMemoryError:
+            raise  # unchanged: callers that shrink the batch on OOM (accelerate) catch this type
         except (IndexError, RuntimeError, ValueError, TypeError, AttributeError) as err:
             # The model's own error (an embedding's bare IndexError, a conv's channel count) names
-            # no input: say which key is wrong, only when failing.
+            # no input: say which of the inputs the model received is wrong, only when failing;
+            # when none is, the model's own error stands.
             if not isinstance(batch, Mapping):
                 raise TypeError(f"Backbone: a batch is a dict of tensors, got a {type(batch).__name__}.") from err
-            problem = input_problem(self.model, batch)
+            problem = kwargs is not None and input_problem(self.model, kwargs)
             if problem:
                 raise ValueError(problem) from err
             raise

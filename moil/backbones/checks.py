@@ -6,10 +6,8 @@ for users wiring their own model through :func:`~moil.backbones.from_model`.
 * :func:`reference_outputs` — what the backbone *should* return for given
   overrides, computed the slow way: a deep copy of the model with the overrides
   loaded by ``load_state_dict``, called directly;
-* :func:`input_problem` / :func:`check_inputs` — token-index inputs of the right dtype and
-  range for the model (a clear message instead of an embedding's IndexError), and
-  :func:`layout_problem`: tensors, not lists; ``pixel_values`` float ``(B, C, H, W)`` with the
-  model's channels; one batch size;
+* :func:`input_problem` / :func:`check_inputs`, :func:`layout_problem`, :func:`pixel_problem` —
+  what is wrong with a batch for a model (re-exported from :mod:`moil.backbones.input_checks`);
 * :func:`record_inputs` — the input each linear layer received (to verify that a
   sharing group's members read one input).
 """
@@ -24,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from moil.backbones.base import Backbone
+from moil.backbones.input_checks import check_inputs, input_problem, layout_problem, pixel_problem
 
 __all__ = ["Snapshot", "assert_untouched", "check_inputs", "input_problem", "layout_problem", "pixel_problem",
            "record_inputs", "reference_outputs", "snapshot"]
@@ -111,98 +110,3 @@ def record_inputs(
         for h in handles:
             h.remove()
     return seen
-
-
-#: Batch keys that index an embedding table, and the config field giving its size.
-_INDEX_KEYS = {"input_ids": "vocab_size", "token_type_ids": "type_vocab_size", "position_ids": "max_position_embeddings"}
-
-
-def _config_value(model: nn.Module, field: str) -> int | None:
-    config = getattr(model, "config", None)
-    for cfg in (config, getattr(config, "text_config", None), getattr(config, "vision_config", None)):
-        value = getattr(cfg, field, None)
-        if isinstance(value, int):
-            return value
-    return None
-
-
-def pixel_problem(batch: Mapping[str, Tensor]) -> str | None:
-    """What is wrong with ``batch["pixel_values"]`` that its metadata shows (no device sync), or ``None``:
-    integer pixels (raw 0–255 values: models read the image processor's normalised floats)."""
-    pixels = batch.get("pixel_values")
-    if isinstance(pixels, Tensor) and not pixels.is_floating_point():
-        return (f"batch['pixel_values'] has dtype {pixels.dtype}: raw pixel values, but the model reads the "
-                "image processor's normalised floats; pass processor(images=...)['pixel_values'] (float32).")
-    return None
-
-
-def layout_problem(model: nn.Module, batch: Mapping[str, Tensor]) -> str | None:
-    """What is wrong with the types and shapes of ``batch`` for ``model``, or ``None``: a value
-    that is not a tensor (a list of token ids), integer ``pixel_values``, ``pixel_values`` that
-    are not ``(B, C, H, W)`` (or ``(B, N, C, H, W)`` for image pairs) with the model's
-    ``num_channels``, or inputs whose batch sizes differ."""
-    for key, value in batch.items():
-        if isinstance(value, (list, tuple)) or (hasattr(value, "shape") and not isinstance(value, Tensor)):
-            return (f"batch[{key!r}] is a {type(value).__name__}, not a torch.Tensor; tokenize / process with "
-                    "return_tensors='pt', or convert with torch.as_tensor(...).")
-    if (problem := pixel_problem(batch)) is not None:
-        return problem
-    pixels = batch.get("pixel_values")
-    if isinstance(pixels, Tensor):
-        channels = _config_value(model, "num_channels")
-        if pixels.ndim not in (4, 5):
-            return (f"batch['pixel_values'] has shape {tuple(pixels.shape)}, but images are (B, C, H, W) "
-                    "(image pairs: (B, 2, C, H, W)); stack the images along a first batch dimension.")
-        if channels is not None and pixels.shape[-3] != channels:
-            return (f"batch['pixel_values'] has {pixels.shape[-3]} channel(s) (shape {tuple(pixels.shape)}), but "
-                    f"the model's num_channels is {channels}; convert the images to RGB (PIL: "
-                    "image.convert('RGB')) before the processor.")
-    sizes = {k: v.shape[0] for k, v in batch.items() if isinstance(v, Tensor) and v.ndim and k in _BATCHED}
-    if len(set(sizes.values())) > 1:
-        return (f"batch inputs have different batch sizes {sizes}; every input needs one row per example "
-                "(same first dimension).")
-    return None
-
-
-#: Inputs with one row per example in every model moil drives (labels included).
-_BATCHED = frozenset({"input_ids", "attention_mask", "token_type_ids", "pixel_values", "pixel_mask"})
-
-
-def input_problem(model: nn.Module, batch: Mapping[str, Tensor]) -> str | None:
-    """What is wrong with the index inputs of ``batch`` for ``model``, or ``None``.
-
-    ``input_ids`` / ``token_type_ids`` / ``position_ids`` ``(B, L)`` must be integer
-    tensors with values in ``[0, size)``, ``size`` read from the model's config
-    (``vocab_size``, ``type_vocab_size``, ``max_position_embeddings``; a dual encoder's
-    ``text_config``). Used to turn an embedding's bare ``IndexError``/``RuntimeError``
-    into a message naming the key, its dtype or range, and the table's size.
-    """
-    if (problem := layout_problem(model, batch)) is not None:
-        return problem
-    for key, field in _INDEX_KEYS.items():
-        value = batch.get(key)
-        if not isinstance(value, Tensor):
-            continue
-        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
-            return (
-                f"batch[{key!r}] has dtype {value.dtype}, but token indices must be integers (int64); "
-                f"pass the tokenizer's output as is, or cast with batch[{key!r}].long()."
-            )
-        if value.numel() == 0:
-            continue
-        size = _config_value(model, field)
-        low, high = int(value.min()), int(value.max())
-        if low < 0 or (size is not None and high >= size):
-            return (
-                f"batch[{key!r}] holds values in [{low}, {high}], but the model's {field} is {size}: "
-                f"indices must lie in [0, {size if size is not None else 'size'}). Tokenize with the "
-                f"model's own tokenizer (same vocabulary), or build the model with {field} >= {high + 1}."
-            )
-    return None
-
-
-def check_inputs(model: nn.Module, batch: Mapping[str, Tensor]) -> None:
-    """Raise ``ValueError`` with :func:`input_problem`'s message when there is one."""
-    problem = input_problem(model, batch)
-    if problem is not None:
-        raise ValueError(problem)

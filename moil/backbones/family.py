@@ -26,7 +26,7 @@ from moil.backbones.base import Backbone, auto_sharing
 from moil.backbones.calls import SelectInputs
 from moil.backbones.targets import Patterns, select_params, select_targets
 
-__all__ = ["FAMILIES", "Family", "Task", "family_patterns", "get_family", "load_errors", "seeded", "task_of"]
+__all__ = ["FAMILIES", "Family", "Task", "family_patterns", "get_family", "load_errors", "local_path", "seeded", "task_of"]
 
 #: Family name → the module that defines it as ``FAMILY`` (imported on first use:
 #: each module loads its transformers model classes).
@@ -171,14 +171,15 @@ class Family:
         initialised by transformers (it logs which).
         """
         options = {k: kwargs.pop(k) for k in list(kwargs) if k in self.options}
-        cls, path = self.task(task).cls, Path(str(path_or_id)).expanduser()
-        local = path.exists() or str(path_or_id).startswith((".", "/", "~")) or str(path_or_id).count("/") != 1
-        if local and not path.is_dir():
+        cls, folder = self.task(task).cls, local_path(str(path_or_id))
+        if folder is not None and not folder.is_dir():
             raise ValueError(f"{self.name}.from_pretrained: {str(path_or_id)!r} is not a folder (from {Path.cwd()}); "
                              "give the folder model.save_pretrained(...) wrote, or a hub id 'owner/name'.")
         try:
-            model = cls.from_pretrained(str(path) if local else path_or_id, **kwargs).eval()
-        except load_errors() as err:  # no config.json / weights, a truncated weights file, no hub access
+            model = cls.from_pretrained(str(folder) if folder is not None else path_or_id, **kwargs).eval()
+        except load_errors() as err:  # a local folder without config.json / weights, or a torn weights file
+            if folder is None:
+                raise  # a hub id: network, access and the hub's own errors as transformers raises them
             raise ValueError(f"{self.name}.from_pretrained: cannot load a {cls.__name__} from "
                              f"{str(path_or_id)!r} ({type(err).__name__}: {err}).") from err
         return self.build(
@@ -198,14 +199,26 @@ class Family:
         return seeded(spec.cls, self.config(**config), seed)
 
 
+def local_path(path_or_id: str) -> Path | None:
+    """The local path ``path_or_id`` names, or ``None`` for a hub id: a path that exists, starts
+    with ``.``, ``/`` or ``~``, or has two or more ``/``; anything else (``"owner/name"``, and a
+    slash-less legacy id such as ``"bert-base-uncased"``) is a hub id."""
+    path = Path(path_or_id).expanduser()
+    if path.exists() or path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") > 1:
+        return path
+    return None
+
+
 def load_errors() -> tuple[type[BaseException], ...]:
-    """What ``from_pretrained`` raises for a folder that is not a loadable checkpoint: a missing or
-    torn ``config.json`` / weights file (safetensors' ``SafetensorError``, a truncated pickle)."""
+    """What ``from_pretrained`` raises for a local folder that is not a loadable checkpoint: a
+    missing ``config.json`` / weights file (``OSError``), a torn one (safetensors'
+    ``SafetensorError``, a truncated pickle's ``EOFError`` / ``UnpicklingError``). Not a
+    ``RuntimeError`` (out of memory) or a ``ValueError`` (a bad keyword argument)."""
     import pickle
 
     from safetensors import SafetensorError
 
-    return (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError)
+    return (OSError, EOFError, pickle.UnpicklingError, SafetensorError)
 
 
 def get_family(name: str) -> Family:

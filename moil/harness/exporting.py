@@ -96,8 +96,7 @@ def export_student(config: Config, backbone: Any, data: Any, students: Students,
     if name not in students:
         raise ValueError(f"--student {name!r}: this run has {sorted(students)}; pass one of those")
     adapter, params, heads = students[name]
-    from moil.harness.run import inputs_of
-    from moil.harness.run_folder import check_apart
+    from moil.harness.run_folder import check_apart, inputs_of
 
     check_apart(out, inputs_of(config), "--out", around=True)  # never replace the model or data it came from
     base = base_model_of(config)

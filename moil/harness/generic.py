@@ -57,11 +57,13 @@ class FieldOutputs:
 
 
 def model_class(spec: ModelSpec) -> type:
-    """The transformers class ``[model] model_class`` names."""
+    """The transformers class ``[model] model_class`` names: a model class, or an ``AutoModelFor…``
+    class (which picks the folder's own architecture); not a tokenizer, processor or config."""
     import transformers
+    from transformers.models.auto.auto_factory import _BaseAutoModelClass
 
     cls = getattr(transformers, spec.model_class, None)
-    if not isinstance(cls, type) or not issubclass(cls, transformers.PreTrainedModel):  # not AutoTokenizer
+    if not isinstance(cls, type) or not issubclass(cls, (transformers.PreTrainedModel, _BaseAutoModelClass)):
         raise ConfigError(
             f"model.model_class = {spec.model_class!r} is not a transformers model class; use a name "
             "from `import transformers` such as 'BlipForImageTextRetrieval' or 'ViltForQuestionAnswering'."
@@ -114,7 +116,8 @@ def load_generic(spec: ModelSpec, folder: str, task: str, *, num_answers: int | 
         kwargs = {"num_labels": num_answers, "ignore_mismatched_sizes": True}
     try:
         model = cls.from_pretrained(folder, **kwargs)
-    except (*load_errors(), TypeError) as err:  # also a truncated weights file (SafetensorError)
+    except (*load_errors(), TypeError, ValueError) as err:  # a torn weights file; an Auto class without
+        # a class for the folder's model_type (ValueError: "Unrecognized configuration class")
         raise ConfigError(
             f"model.pretrained = {spec.pretrained!r}: {spec.model_class} cannot load it ({err})."
         ) from None

@@ -26,12 +26,12 @@ import moil
 from moil.harness.build import build_backbone, build_recipe, load_data
 from moil.harness.config import Config, config_dict, dump_config
 from moil.harness.jobs import Job, Runner
-from moil.harness.run import inputs_of
 from moil.harness.run_folder import (
     MANIFEST,
     RunFolderError,
     check_apart,
     hold,
+    inputs_of,
     read_json,
     refuse_both,
     write_json,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from moil.backbones import Backbone, get_family
-from moil.backbones.family import load_errors
+from moil.backbones.family import load_errors, local_path
 from moil.harness.config import ConfigError, ModelSpec
 
 __all__ = ["FAMILY_TASKS", "MODEL_TYPES", "family_of", "family_task", "load_backbone", "load_processor"]
@@ -40,13 +40,26 @@ def _folder(spec: ModelSpec) -> str:
     path = spec.pretrained
     if path is None:
         raise ConfigError("model.pretrained is not set; give the save_pretrained folder of your model.")
-    looks_local = path.startswith((".", "/", "~")) or Path(path).expanduser().exists() or path.count("/") != 1
-    if looks_local and not Path(path).expanduser().is_dir():
+    folder = local_path(path)
+    # A hub id only from the local cache: runs are offline, and a mistyped folder name must
+    # not turn into minutes of download retries.
+    if (folder is not None and not folder.is_dir()) or (folder is None and not _cached(path)):
         raise ConfigError(
-            f"model.pretrained = {path!r}: no such folder (from {Path.cwd()}); give the folder "
-            "model.save_pretrained(...) and processor.save_pretrained(...) wrote."
+            f"model.pretrained = {path!r}: no such folder (from {Path.cwd()})"
+            + ("" if folder is not None else ", and no hub model of that id in the local cache")
+            + "; give the folder model.save_pretrained(...) and processor.save_pretrained(...) wrote."
         )
-    return str(Path(path).expanduser()) if looks_local else path
+    return str(folder) if folder is not None else path
+
+
+def _cached(repo_id: str) -> bool:
+    """Whether the hub model ``repo_id`` has a ``config.json`` in the local cache (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id either (HFValidationError)
+        return False
 
 
 def family_of(spec: ModelSpec) -> str:

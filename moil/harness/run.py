@@ -29,7 +29,15 @@ from moil.harness.data import DemoData
 from moil.harness.imitation import imitation_report
 from moil.harness.memory import PeakMemory
 from moil.harness.metrics_log import MetricsLog, read_rows
-from moil.harness.run_folder import MANIFEST, check_apart, hold, plan_run, run_manifest, write_json
+from moil.harness.run_folder import (
+    MANIFEST,
+    check_apart,
+    hold,
+    inputs_of,
+    plan_run,
+    run_manifest,
+    write_json,
+)
 from moil.harness.scoring import PRIMARY_METRIC, ValidationCurve, curve_key, score
 from moil.train import CHECKPOINT, train
 
@@ -69,12 +77,6 @@ def check_run(config: Config, arm: ArmSpec, task: str, seed: int, lr: float, ste
     plan = plan_run(run_dir, manifest, resume=resume, overwrite=overwrite, checkpoint=CHECKPOINT)
     build_recipe(arm, task, lr, steps)
     return plan
-
-
-def inputs_of(config: Config) -> dict[str, str | None]:
-    """The paths a run reads: its model folder and data splits (``None``: not set)."""
-    d = config.data
-    return {"model.pretrained": config.model.pretrained, "data.train": d.train, "data.val": d.val, "data.test": d.test}
 
 
 def run_one(

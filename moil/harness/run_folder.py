@@ -32,7 +32,7 @@ from moil.checkpoint.atomic import atomic_write_bytes, remove_stale_temps
 
 __all__ = [
     "MANIFEST", "SAFE_CHANGES", "ResumeMismatchError", "RunFolderError", "RunFolderLockedError", "check_apart",
-    "flat_changes", "hold", "read_json", "refuse_both", "resume_problems", "run_manifest", "write_json", "write_text",
+    "flat_changes", "hold", "inputs_of", "read_json", "refuse_both", "resume_problems", "run_manifest", "write_json", "write_text",
 ]
 
 MANIFEST = "run.json"
@@ -220,6 +220,13 @@ def checkpoint_step(path: Path) -> int | None:
     scalars = meta.get("scalars", {})
     step = meta.get("step", scalars.get("step", scalars.get("task/step")))
     return step if isinstance(step, int) else None
+
+
+def inputs_of(config: Any) -> dict[str, str | None]:
+    """The paths a run of ``config`` (a :class:`~moil.harness.config.Config`) reads: its model
+    folder and data splits (``None``: not set) — what :func:`check_apart` protects."""
+    d = config.data
+    return {"model.pretrained": config.model.pretrained, "data.train": d.train, "data.val": d.val, "data.test": d.test}
 
 
 def check_apart(out: str | os.PathLike, inputs: Mapping[str, str | None], flag: str, *, around: bool = False) -> None:

@@ -17,6 +17,7 @@ resumes from one.
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +58,11 @@ class MoILCallback(TrainerCallback):
                 f"MoILCallback: observer must be a moil.observer.ImitationObserver, got {observer!r}; wrap "
                 "your students, e.g. MoILCallback(ImitationObserver(Hybrid(8), targets=['query', 'key', 'value']))."
             )
-        if not isinstance(seed, int) or isinstance(seed, bool):
+        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):  # numpy ints too
             raise TypeError(f"MoILCallback: seed must be an integer, got seed={seed!r}.")
         if not isinstance(export, bool):
             raise TypeError(f"MoILCallback: export must be True or False, got export={export!r}.")
-        self.observer, self.seed, self.export = observer, seed, export
+        self.observer, self.seed, self.export = observer, int(seed), export
         self.bound: ImitationObserver | None = None
         self.state: ObserverState | None = None
         self.metrics: dict[str, float] = {}

@@ -20,7 +20,7 @@ from moil.harness.config import ConfigError
 
 __all__ = [
     "answer_vocab", "draw_negatives", "epoch_generator", "epoch_plan", "itm_batch", "pair_batch", "retrieval_batch",
-    "soft_scores", "vqa_batch",
+    "is_answer", "pair_label", "soft_scores", "vqa_batch",
 ]
 
 
@@ -85,10 +85,19 @@ def retrieval_batch(processor: Any, images: list, texts: Sequence[str]) -> dict[
     return _encode(processor, images, list(texts))
 
 
+def is_answer(value: Any) -> bool:
+    """One VQA answer: a non-empty string, or an int (a CSV column reads "3" as 3) — not a bool."""
+    return (isinstance(value, str) and bool(value.strip())) or (isinstance(value, int) and not isinstance(value, bool))
+
+
 def soft_scores(answers: Any) -> dict[str, float]:
     """An answers cell → ``{answer: score}``: a string scores 1; a list (VQAv2's ten human
-    answers) scores ``min(1, count / 3)`` per distinct answer."""
-    if isinstance(answers, (str, int)):  # an int: a CSV column of numbers ("3" read as 3)
+    answers) scores ``min(1, count / 3)`` per distinct answer. A bool is no answer (refused)."""
+    one = isinstance(answers, (str, int))  # an int: a CSV column of numbers ("3" read as 3)
+    if any(isinstance(a, bool) for a in ([answers] if one else answers)):
+        raise ConfigError(f"VQA: answers cell {answers!r} holds a bool, not an answer string; fix the "
+                          "[data.columns] answers column (write answers as text, e.g. 'yes' / 'no').")
+    if one:
         return {str(answers): 1.0}
     counts = Counter(str(a) for a in answers)
     return {a: min(1.0, c / 3) for a, c in counts.items()}
@@ -132,11 +141,12 @@ def pair_batch(processor: Any, left: list, right: list, texts: Sequence[str], la
     return a | {"pair_labels": torch.tensor([_label(y) for y in labels], dtype=torch.int64)}
 
 
+def pair_label(y: Any) -> int | None:
+    """A pair label: ``True``/``1``/``"true"`` → 1, ``False``/``0``/``"false"`` → 0, anything else ``None``."""
+    return {"true": 1, "1": 1, "false": 0, "0": 0}.get(str(y).strip().lower())
+
+
 def _label(y: Any) -> int:
-    """A pair label: ``True``/``1``/``"true"`` → 1, ``False``/``0``/``"false"`` → 0."""
-    text = str(y).strip().lower()
-    if text in ("true", "1"):
-        return 1
-    if text in ("false", "0"):
-        return 0
-    raise ConfigError(f"NLVR2: label {y!r} is not true/false or 1/0; fix the [data.columns] label column.")
+    if (label := pair_label(y)) is None:
+        raise ConfigError(f"NLVR2: label {y!r} is not true/false or 1/0; fix the [data.columns] label column.")
+    return label

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from moil.harness.config import ConfigError
+from moil.harness.data.collate import is_answer, pair_label
 
 __all__ = ["check_columns", "check_rows", "decode_image", "read_split"]
 
@@ -94,24 +95,34 @@ def read_split(path: str, field: str, image_column: str | Sequence[str]) -> Any:
 
 
 def _not_empty(file: Path, field: str, path: str) -> None:
-    if not file.read_bytes().strip():
+    """Refuse a file of no bytes or only blank lines, reading up to its first non-blank line."""
+    with file.open("rb") as f:
+        blank = all(not line.strip() for line in f)  # stops at the first non-blank line
+    if blank:
         raise ConfigError(f"{field} = {path!r}: {file} is empty; write one row per example "
                           "(file_name plus your columns) into it.")
 
 
 def _loaded(load: Any, file: Path, field: str, path: str) -> Any:
     """``load()``, with what ``datasets``/``pyarrow`` raise for a torn or non-UTF-8 file turned into a
-    ConfigError naming ``file`` and the deepest cause (``JSON parse error ... in row 31``)."""
+    ConfigError naming ``file`` and the deepest cause (``JSON parse error ... in row 31``); any other
+    error (a full disk, no permission, a dataset saved by a newer ``datasets``) propagates as it is."""
+    import json
+
+    import pyarrow as pa
+    from datasets.exceptions import DatasetGenerationError
+
     try:
         return load()
-    except Exception as err:  # DatasetGenerationError, ArrowInvalid, UnicodeDecodeError, IndexError, ...
-        cause = err
-        while cause.__cause__ is not None or cause.__context__ is not None:
-            cause = cause.__cause__ or cause.__context__
+    except (DatasetGenerationError, pa.ArrowInvalid, UnicodeDecodeError, json.JSONDecodeError) as err:
+        cause, seen = err, {id(err)}
+        while (nxt := cause.__cause__ or cause.__context__) is not None and id(nxt) not in seen:
+            cause = nxt
+            seen.add(id(cause))
         raise ConfigError(
             f"{field} = {path!r}: cannot read {file} ({type(cause).__name__}: {cause}); it must be UTF-8 "
             "with one complete row per line (JSON lines) or a header and rows (CSV) — fix or remove the bad row."
-        ) from None
+        ) from err
 
 
 def check_columns(ds: Any, needed: Mapping[str, str], path: str, field: str) -> None:
@@ -134,16 +145,12 @@ def _is_text(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
-def _is_answer(value: Any) -> bool:  # a string, or an int (a CSV column reads "3" as 3)
-    return _is_text(value) or (isinstance(value, int) and not isinstance(value, bool))
-
-
 def _is_answers(value: Any) -> bool:
-    return _is_answer(value) or (isinstance(value, list) and bool(value) and all(map(_is_answer, value)))
+    return is_answer(value) or (isinstance(value, list) and bool(value) and all(map(is_answer, value)))
 
 
 def _is_label(value: Any) -> bool:
-    return str(value).strip().lower() in ("true", "false", "1", "0")
+    return pair_label(value) is not None
 
 
 #: Cell kind → (the check, what a cell must hold).
@@ -180,9 +187,7 @@ def check_rows(ds: Any, cells: Mapping[str, tuple[str, str]], images: Sequence[s
     from PIL import Image
 
     for column in images:
-        files = [p for chunk in ds.with_format("arrow")[column].chunks
-                 for p, b in zip(chunk.field("path").to_pylist(), chunk.field("bytes").is_null().to_pylist())
-                 if b and p is not None]
+        files = [p for chunk in ds.with_format("arrow")[column].chunks for p in _files(chunk)]
         if missing := [p for p in files if not Path(p).is_file()]:
             raise ConfigError(
                 f"{field} = {path!r}: {len(missing)} image file(s) of column {column!r} do not exist, e.g. "
@@ -198,6 +203,17 @@ def check_rows(ds: Any, cells: Mapping[str, tuple[str, str]], images: Sequence[s
             except (OSError, ValueError) as err:
                 raise ConfigError(f"{field} = {path!r}: image {file!r} failed to decode ({err}); fix or remove "
                                   "that row.") from None
+
+
+def _files(chunk: Any) -> list[str]:
+    """The file paths of an image column's arrow chunk: a ``datasets.Image`` struct's ``path``
+    where it holds no ``bytes``, or the cells of a column of path strings (a saved dataset)."""
+    import pyarrow as pa
+
+    if pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type):
+        return [p for p in chunk.to_pylist() if p is not None]
+    no_bytes = chunk.field("bytes").is_null().to_pylist()
+    return [p for p, b in zip(chunk.field("path").to_pylist(), no_bytes) if b and p is not None]
 
 
 def decode_image(value: Any, path: str) -> Any:

@@ -55,11 +55,17 @@ class DiskSplit:
         (with ``boxes``, each row's boxes appended: :func:`~moil.harness.data.visual_inputs.with_boxes`)."""
         if features is None:
             return self.images(index, column)
-        where, root = f"{self.field} = {self.path!r}", Path(self.path).expanduser()
-        root = root if root.is_dir() else root.parent
+        where, root = f"{self.field} = {self.path!r}", split_root(self.path)
         rows = self.rows.select(index)
         out = [feature_tensor(cell, where, root) for cell in rows[features]]
         return out if boxes is None else [with_boxes(x, b, where) for x, b in zip(out, rows[boxes], strict=True)]
+
+
+def split_root(path: str) -> Path:
+    """The folder a split's relative paths (``.npy`` feature files) start from: the split's
+    folder, or the folder of a ``.jsonl`` / ``.csv`` split file."""
+    root = Path(path).expanduser()
+    return root if root.is_dir() else root.parent
 
 
 @attrs.frozen
@@ -196,8 +202,7 @@ def load_disk_data(config: Config, processor: Any) -> DiskData:
                      {"text": (c.text, "text")} | ({"label": (c.label, "label")} if task == "nlvr2" else {}))
             check_rows(rows, cells, files, path, f"data.{name}", distinct="text" if task == "itm" else None)
         if c.features is not None and "nlvr2" not in config.train.tasks:
-            root = Path(path).expanduser()
-            check_features(rows, c.features, c.boxes, f"data.{name} = {path!r}", root if root.is_dir() else root.parent,
+            check_features(rows, c.features, c.boxes, f"data.{name} = {path!r}", split_root(path),
                            getattr(processor, "dim", None))
         splits[name] = DiskSplit(rows, path, f"data.{name}")
     answers = ()

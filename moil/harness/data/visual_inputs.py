@@ -26,7 +26,8 @@ from torch import Tensor
 from moil.harness.config import ConfigError
 from moil.harness.data.visual_features import EfficientNetLite0Grid
 
-__all__ = ["VisualProcessor", "check_features", "feature_tensor", "visual_processor", "with_boxes"]
+__all__ = ["BOX_SLACK", "VisualProcessor", "check_features", "check_width", "feature_tensor", "visual_processor",
+           "with_boxes"]
 
 
 def feature_tensor(cell: Any, where: str, root: Path | None = None) -> Tensor:
@@ -60,7 +61,7 @@ def check_features(rows: Any, features: str, boxes: str | None, where: str, root
     Raises:
       ConfigError: naming the row, what is wrong and the fix.
     """
-    shape, width = None, None if dim is None else dim - (6 if boxes is not None else 0)
+    shape = None
     columns = [features] + ([boxes] if boxes is not None else [])
     for start, chunk in enumerate(rows.select_columns(columns).iter(batch_size=256)):
         for i, cell in enumerate(chunk[features], start=256 * start):
@@ -72,20 +73,33 @@ def check_features(rows: Any, features: str, boxes: str | None, where: str, root
             x = feature_tensor(cell, at)
             if boxes is not None:
                 x = with_boxes(x, chunk[boxes][i - 256 * start], at)
-            if width is not None and x.shape[1] != dim:
-                given = f"{x.shape[1] - 6} + 6 box values = {x.shape[1]}" if boxes is not None else f"{x.shape[1]}"
-                raise ConfigError(f"{at}: features of width {given}, but the model reads visual_embedding_dim = "
-                                  f"{dim}; store features of width {width}, or use a model of width {x.shape[1]}.")
+            check_width(x.shape[1], dim, at, boxes=boxes is not None)
             if shape not in (None, tuple(x.shape)):
                 raise ConfigError(f"{at}: features of shape {tuple(x.shape)}, but earlier rows have {shape}; a batch "
                                   "stacks its rows, so store every row with one (tokens, dim) shape (pad the tokens).")
             shape = tuple(x.shape)
 
 
+def check_width(width: int, dim: int | None, where: str, *, boxes: bool = False) -> None:
+    """Refuse features of ``width`` for a model reading ``visual_embedding_dim = dim`` (``None``: not
+    known, not checked); with ``boxes``, 6 of the width are :func:`with_boxes`' box values."""
+    if dim is None or width == dim:
+        return
+    given = f"{width - 6} + 6 box values = {width}" if boxes else f"{width}"
+    raise ConfigError(f"{where}: features of width {given}, but the model reads visual_embedding_dim = {dim}; "
+                      f"store features of width {dim - 6 if boxes else dim}, or use a model of width {width}.")
+
+
+#: How far outside [0, 1] a box corner may lie and still be read (clamped) as a fraction: float
+#: rounding of x / width gives 1.0000001, a box in pixels gives 16.
+BOX_SLACK = 1e-3
+
+
 def with_boxes(features: Tensor, boxes: Any, where: str) -> Tensor:
     """VinVL/Oscar region input: ``(T, D)`` features ++ ``[x1, y1, x2, y2, w, h]`` → ``(T, D + 6)``.
 
-    ``boxes`` ``(T, 4)``: corners in [0, 1] of the image; ``w = x2 - x1``, ``h = y2 - y1``.
+    ``boxes`` ``(T, 4)``: corners in [0, 1] of the image (within :data:`BOX_SLACK` of it: clamped
+    into it, in-range values unchanged); ``w = x2 - x1``, ``h = y2 - y1``.
     """
     try:
         b = torch.as_tensor(np.asarray(boxes, dtype=np.float32))
@@ -96,13 +110,14 @@ def with_boxes(features: Tensor, boxes: Any, where: str) -> Tensor:
             f"{where}: [data.columns] boxes must be (tokens, 4) = ({features.shape[0]}, 4) to match the "
             f"features, got {tuple(b.shape)}; store x1, y1, x2, y2 per region."
         )
-    if not (bool(torch.isfinite(b).all()) and b.min() >= 0 and b.max() <= 1
+    if not (bool(torch.isfinite(b).all()) and b.min() >= -BOX_SLACK and b.max() <= 1 + BOX_SLACK
             and bool((b[:, 2] >= b[:, 0]).all()) and bool((b[:, 3] >= b[:, 1]).all())):
         raise ConfigError(
             f"{where}: [data.columns] boxes must be corners x1 <= x2, y1 <= y2 in [0, 1] (fractions of the "
             f"image), got values in [{float(b.min())}, {float(b.max())}]; divide pixel boxes by the image's "
             "width and height."
         )
+    b = b.clamp(0.0, 1.0)
     return torch.cat([features, b, b[:, 2:3] - b[:, 0:1], b[:, 3:4] - b[:, 1:2]], dim=1)
 
 
@@ -129,11 +144,7 @@ class VisualProcessor:
             if len(shapes) != 1:
                 raise ConfigError(f"[data.columns] features: rows of one batch have shapes {sorted(shapes)}; "
                                   "store features of one (tokens, dim) shape.")
-            if self.dim is not None and next(iter(shapes))[1] != self.dim:
-                raise ConfigError(
-                    f"[data.columns] features: the features are (tokens, {next(iter(shapes))[1]}) but the model "
-                    f"reads visual_embedding_dim = {self.dim}; store features of width {self.dim}."
-                )
+            check_width(next(iter(shapes))[1], self.dim, "[data.columns] features")
             return torch.stack(list(images))
         if "net" not in self._model:
             self._model["net"] = self.extractor.build_model()
