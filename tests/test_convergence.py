@@ -143,7 +143,8 @@ def test_curves_read_back_names_with_slashes_a_missing_seed_and_the_runs_last_st
     assert c3.steps == () and c3.rise is None and c3.converged is None
 
 
-@pytest.mark.parametrize("grid", ["comparison", "tail-decay", "tail-decay-shrink", "vqa", "convergence", "convergence-seeds"])
+@pytest.mark.parametrize("grid", ["comparison", "tail-decay", "tail-decay-shrink", "vqa", "convergence", "convergence-seeds",
+                                  "convergence-peers"])
 def test_the_committed_reports_convergence_rows_are_their_runs_curves(grid):
     """benchmarks/pairs/<grid>/report.md: each convergence row is what its committed
     results.json and curve logs give (every point, the rise, the standard error, n)."""
@@ -183,22 +184,26 @@ def test_the_pairs_readmes_longer_run_table_is_the_convergence_grid():
         assert f"| {score['test']['accuracy']:.4f} |" in row, row
 
 
-def test_the_pairs_readmes_three_seed_longer_run_table_is_both_grids():
+def test_the_pairs_readmes_three_seed_longer_run_table_is_its_three_grids():
     """The 3-seed 2 400-step table: seed 0 from the convergence grid, seeds 1-2 from
-    convergence-seeds; each per-seed value and mean ± std is theirs, to the printed digits."""
+    convergence-seeds (TailDecay, LoRA) and convergence-peers (full FT, DoRA, PiSSA); each
+    per-seed value and mean ± std is theirs, to the printed digits."""
     import statistics
     from pathlib import Path
 
     pairs = Path(__file__).resolve().parents[1] / "benchmarks" / "pairs"
-    runs = [r for grid in ("convergence", "convergence-seeds")
+    runs = [r for grid in ("convergence", "convergence-seeds", "convergence-peers")
             for r in json.loads((pairs / grid / "results.json").read_text())["runs"]]
-    table = (pairs / "README.md").read_text().split("**Seeds 1 and 2 for the two closest arms**", 1)[1]
-    for arm, candidate, label in (("lora", "student/student", "LoRA r = 11"),
-                                  ("moil-shrink", "student/svd-r11", "TailDecay teacher's rank-11 SVD"),
-                                  ("moil-shrink", "teacher", "the TailDecay teacher itself")):
+    table = (pairs / "README.md").read_text().split("**Seeds 1 and 2 of every arm**", 1)[1].split("\n\n- ", 1)[0]
+    rows = (("lora", "student/student", "LoRA r = 11"), ("dora-peft", "student/student", "DoRA r = 11"),
+            ("pissa-peft", "student/student", "PiSSA r = 11"), ("moil", "student/svd-r11", "truncated SVD"),
+            ("moil-shrink", "student/svd-r11", "TailDecay teacher's rank-11 SVD"),
+            ("moil-shrink", "teacher", "the TailDecay teacher itself"),
+            ("moil", "target/m0", "momentum target"), ("moil", "teacher", "full fine-tuning"))
+    for arm, candidate, label in rows:
         scores = [r["candidates"][candidate]["test"]["accuracy"] for r in sorted(
             (r for r in runs if r["arm"] == arm), key=lambda r: r["seed"])]
-        assert len(scores) == 3
+        assert len(scores) == 3, (arm, scores)
         row = next(line for line in table.splitlines() if line.startswith(f"| {label}"))
         expected = (f"| {statistics.mean(scores):.4f} ± {statistics.stdev(scores):.4f} | "
                     + " / ".join(f"{v:.4f}" for v in scores) + " |")
