@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import tempfile
 
@@ -17,6 +16,7 @@ from torch.func import functional_call
 
 import moil.approx as ma
 from moil.export import export_peft
+from awkward_bert import DENSE, QKV, TOLERANCE, awkward_bert
 
 peft = pytest.importorskip("peft")
 
@@ -183,18 +183,6 @@ def test_head_module_overlapping_a_target_is_refused(tmp_path):
 
 # -------------------------------------------------------------- awkward students in PEFT
 
-LAYER = "bert.encoder.layer.0"
-QKV = tuple(f"{LAYER}.attention.self.{n}" for n in ("query", "key", "value"))
-DENSE = (f"{LAYER}.intermediate.dense", f"{LAYER}.output.dense")  # (37, 16) and (16, 37)
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 6e-2}
-
-
-@functools.cache
-def _small_bert(dtype: torch.dtype) -> transformers.BertForSequenceClassification:
-    torch.manual_seed(0)
-    config = transformers.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=37, vocab_size=99, num_labels=3, initializer_range=0.2)
-    return transformers.BertForSequenceClassification(config).eval().to(dtype)
 
 
 @settings(derandomize=True, max_examples=10, deadline=None)
@@ -212,7 +200,7 @@ def test_peft_loads_awkward_students_with_equal_outputs(targets, rank, scale, sh
     ``lora_alpha = s·r``, a q/k/v-shared ``lora_a``, in float64/float32/bfloat16 models,
     PeftModel.from_pretrained(export) — and its merge_and_unload() — give the adapted
     model's outputs functional_call(model, merge(params)) within the dtype's tolerance."""
-    model = _small_bert(dtype)
+    model = awkward_bert(dtype, vocab_size=99)
     named = dict(model.named_parameters())
     base = {f"{t}.{k}": named[f"{t}.{k}"].detach() for t in targets for k in ("weight", "bias")}
     sharing = ma.Sharing({"lora_a"}) if share and targets == QKV else None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import tempfile
@@ -11,7 +10,6 @@ from collections.abc import Mapping
 import attrs
 import pytest
 import torch
-import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
@@ -20,6 +18,7 @@ from torch.func import functional_call
 import moil.approx as ma
 from moil.checkpoint import CheckpointMismatchError, CorruptCheckpointError
 from moil.export import decode_component, encode_component, export_merged, load_student, merged_copy, save_student
+from awkward_bert import DENSE, QKV, TOLERANCE, awkward_bert
 
 TARGETS = tuple(
     f"enc.layer.{i}.attention.self.{n}" for i in range(2) for n in ("query", "key", "value")
@@ -263,18 +262,6 @@ def test_save_rejects_what_it_cannot_store(tmp_path):
 
 # ------------------------------- reloaded into a plain transformers model, awkward cases
 
-LAYER = "bert.encoder.layer.0"
-QKV = tuple(f"{LAYER}.attention.self.{n}" for n in ("query", "key", "value"))
-DENSE = (f"{LAYER}.intermediate.dense", f"{LAYER}.output.dense")  # (37, 16) and (16, 37)
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 6e-2}
-
-
-@functools.cache
-def _bert(dtype: torch.dtype) -> transformers.BertForSequenceClassification:
-    torch.manual_seed(0)
-    config = transformers.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=37, vocab_size=50, num_labels=3, initializer_range=0.2)
-    return transformers.BertForSequenceClassification(config).eval().to(dtype)
 
 
 def _logits(model, tensors=None):
@@ -309,7 +296,7 @@ def test_reloaded_student_merged_into_a_plain_model_gives_the_adapted_outputs(ca
     outputs — functional_call(model, merge(params)) — within the dtype's tolerance; the
     reloaded merge is bit-identical to the original's."""
     approx, targets, sharing, dtype, seed = case
-    model = _bert(dtype)
+    model = awkward_bert(dtype)
     named = dict(model.named_parameters())
     base = {f"{t}.{k}": named[f"{t}.{k}"].detach() for t in targets for k in ("weight", "bias")}
     adapter = ma.Adapter(approx, targets, sharing)
@@ -323,7 +310,7 @@ def test_reloaded_student_merged_into_a_plain_model_gives_the_adapted_outputs(ca
         student = load_student(save_student(f"{tmp}/s", adapter, params), base=base)
         again = student.adapter.merge(student.params, base)
         assert again.keys() == merged.keys() and all(torch.equal(again[k], merged[k]) for k in merged)
-        fresh = _bert(dtype)
+        fresh = awkward_bert(dtype)
         tol = TOLERANCE[dtype] * (1 + float(want.abs().max()))
         torch.testing.assert_close(_logits(merged_copy(fresh, again)), want, rtol=0, atol=tol)
         reloaded = type(model).from_pretrained(export_merged(model, again, f"{tmp}/m"), dtype=dtype).eval()
