@@ -255,6 +255,8 @@ def test_student_spec_errors():
         Student(LowRank(2), refit=SVDFit(), refit_every=0)
     with pytest.raises(ValueError, match="no students"):
         MoIL(TASK, {})
+    with pytest.raises(TypeError, match="students is a list; give one approximation or Student, or name several"):
+        MoIL(TASK, [Hybrid(2), LowRank(2)])
     with pytest.raises(ValueError, match="steps"):
         train(FullFineTune(TASK), None, [], steps=-1)
 

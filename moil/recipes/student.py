@@ -113,6 +113,9 @@ def check_momenta_fit_run(students: Mapping[str, Student], default: Any, steps: 
 
 def as_students(students: Any) -> dict[str, Student]:
     """Normalise ``Approximation | Student | {name: either}`` to ``{name: Student}``."""
+    if isinstance(students, (list, tuple, set)):
+        raise TypeError(f"students is a {type(students).__name__}; give one approximation or Student, or "
+                        "name several: {'hybrid': Hybrid(8), 'lowrank': LowRank(11)}.")
     if not isinstance(students, Mapping):
         students = {"student": students}
     out = {}
