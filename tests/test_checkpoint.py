@@ -466,3 +466,48 @@ def test_a_bf16_momentum_target_of_an_older_checkpoint_restores_by_exact_upcast(
             assert got.dtype == torch.float32 and torch.equal(got, v.float()), k
         with pytest.raises(CheckpointMismatchError, match="dtype"):
             restore_state({"teacher": {"w": torch.zeros(4, 3)}}, *split_state({"teacher": {"w": teacher["w"]}}))
+
+
+def test_a_save_replacing_the_file_between_safetensors_two_opens_is_reread_not_called_corrupt(tmp_path, monkeypatch):
+    """Law: a load that races a save (safetensors reads the header in one open and the data
+    in another; the save renames a new file in between) returns one whole saved version —
+    the newer one's tensors with the newer one's metadata — never a false "corrupt"."""
+    path, newer = tmp_path / "c.safetensors", tmp_path / "staged"
+    save_checkpoint(path, {"x": torch.zeros(8)}, {"step": 1})
+    save_checkpoint(newer, {"x": torch.ones(8)}, {"step": 2})
+    real, calls = ckpt.safe_open, []
+
+    class TornOpen:  # the first open: the old header, then the data of the file saved meanwhile
+        def __init__(self, file, **kw):
+            calls.append(file)
+            self.head, self.kw = real(file, **kw).__enter__(), kw
+            if newer.exists():
+                os.replace(newer, path)
+            self.data = real(file, **kw).__enter__()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def metadata(self):
+            return self.head.metadata()
+
+        def keys(self):
+            return self.head.keys()
+
+        def get_tensor(self, key):
+            return self.data.get_tensor(key)
+
+    monkeypatch.setattr(ckpt, "safe_open", TornOpen)
+    tensors, metadata = load_checkpoint(path)
+    assert len(calls) == 2 and metadata == {"step": 2} and torch.equal(tensors["x"], torch.ones(8))
+    # An unreplaced file's fault is its own: reported at once, not retried.
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0x01
+    path.write_bytes(bytes(raw))
+    calls.clear()
+    with pytest.raises(CorruptCheckpointError, match="checksum"):
+        load_checkpoint(path)
+    assert len(calls) == 1

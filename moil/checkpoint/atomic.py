@@ -16,14 +16,17 @@ import hashlib
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
+T = TypeVar("T")
+
 __all__ = [
-    "atomic_write_bytes", "fsync_dir", "fsync_file", "pid_alive", "remove_stale_temps",
+    "atomic_write_bytes", "fsync_dir", "fsync_file", "pid_alive", "read_unreplaced", "remove_stale_temps",
     "temp_path", "tensor_digest",
 ]
 
@@ -126,3 +129,32 @@ def tensor_digest(tensors: Mapping[str, Tensor]) -> str:
         if t.numel():
             h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
     return h.hexdigest()
+
+
+def read_unreplaced(path: Path, read: Callable[[Path], T], *, tries: int = 5) -> T:
+    """``read(path)`` of a file that a concurrent writer may atomically replace.
+
+    A reader that opens the file more than once (safetensors opens it for the header, then
+    again for the data) can get one version's header with the next one's bytes — a read
+    error or a checksum mismatch that is no fault of either file. Each attempt compares
+    the file's identity (device, inode, size, mtime) before and after: if the file was
+    replaced meanwhile, the result or the error is discarded and the read repeated; an
+    error of an unreplaced file is the file's own and is raised. After ``tries``
+    replaced reads the last one's outcome stands.
+    """
+    for attempt in range(tries):
+        before = _identity(path)
+        try:
+            value = read(path)
+        except Exception:
+            if attempt + 1 == tries or _identity(path) == before:
+                raise
+            continue
+        if attempt + 1 == tries or _identity(path) == before:
+            return value
+    raise AssertionError("unreachable")
+
+
+def _identity(path: Path) -> tuple[int, ...]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns

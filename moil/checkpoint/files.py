@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from moil.checkpoint.atomic import fsync_dir, fsync_file, temp_path, tensor_digest
+from moil.checkpoint.atomic import fsync_dir, fsync_file, read_unreplaced, temp_path, tensor_digest
 from moil.checkpoint.errors import CheckpointError, CheckpointMismatchError, CorruptCheckpointError
 from moil.checkpoint.match import check_matches
 
@@ -210,6 +210,17 @@ def load_checkpoint(
             f"checkpoint {str(path)!r} {what}; checkpoints are files written by "
             "moil.checkpoint.save_checkpoint(path, tensors) — check the path."
         )
+    # A run may be saving over the file as we read it: a torn read is retried, not "corrupt".
+    tensors, metadata = read_unreplaced(path, _read_verified)
+    if expected is not None:
+        check_matches(tensors, expected, source=str(path))
+    if device.type != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+    return tensors, metadata
+
+
+def _read_verified(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``(tensors, metadata)`` of one read of ``path``, header and checksum checked."""
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             header = f.metadata() or {}
@@ -228,10 +239,6 @@ def load_checkpoint(
             f"checkpoint {str(path)!r} is corrupt: its tensor data does not match the SHA-256 "
             f"checksum written with it (a changed or damaged byte).{keep}"
         )
-    if expected is not None:
-        check_matches(tensors, expected, source=str(path))
-    if device.type != "cpu":
-        tensors = {k: v.to(device) for k, v in tensors.items()}
     return tensors, metadata
 
 
