@@ -7,6 +7,7 @@ and metrics are computed in full precision.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -14,7 +15,7 @@ import attrs
 import torch
 from torch import Tensor
 
-__all__ = ["DTYPES", "Autocast", "autocast_forward"]
+__all__ = ["DTYPES", "Autocast", "autocast_forward", "forward_precision"]
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -39,3 +40,17 @@ class Autocast:
     def __call__(self, params: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         device = next(iter(params.values())).device.type if params else "cpu"
         return autocast_forward(lambda: self.backbone(params, batch), self.dtype, device)
+
+
+def forward_precision(backbone: Any, tensors: Mapping[str, Tensor]) -> contextlib.AbstractContextManager:
+    """The forward's autocast for work that feeds it, e.g. an adapter's merge ``W0 + s·B A``.
+
+    Under an :class:`Autocast` backbone the merged weight is cast to its dtype at the first
+    matmul anyway; making it in that dtype (one bf16 ``addmm``, fp32 accumulation) costs
+    a third of the fp32 product and its backward on bf16 hardware, as PEFT's ``(x A) B``
+    path does. A no-op for an fp32 backbone. ``tensors`` tell the device.
+    """
+    if not isinstance(backbone, Autocast):
+        return contextlib.nullcontext()
+    device = next(iter(tensors.values())).device.type if tensors else "cpu"
+    return torch.autocast(device_type=device, dtype=backbone.dtype)

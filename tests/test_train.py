@@ -146,3 +146,43 @@ def test_validate_leaves_the_callers_rng_and_may_not_shadow_a_step_metric(backbo
     with pytest.raises(ValueError, match=r"validate returned \['task_loss'\]"):
         train(FullFineTune(TASK, optimizer=OPT), backbone, batches(1), steps=1,
               validate=lambda s: {"task_loss": 0.0}, validate_every=1)
+
+
+def test_lora_merges_its_weights_in_the_forward_precision(backbone):
+    """Under bf16 autocast LoRA's merge ``W0 + s·B A`` runs in bf16 too (it is cast there at its
+    first matmul anyway; PEFT's ``(x A) B`` path is bf16 throughout): the backbone receives bf16
+    targets, within two bf16 roundings of the fp32 merge, and the adapter, its moments and the
+    trained result stay fp32 and near the fp32 run."""
+    from moil.approx import LowRank
+    from moil.precision import Autocast
+    from moil.recipes import LoRA
+
+    seen = {}
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(backbone, name)
+
+        def __call__(self, params, batch):
+            seen.update({k: params[k] for k in backbone.base() if k.endswith(".weight")})
+            return backbone(params, batch)
+
+    recipe, data = LoRA(TASK, LowRank(2), optimizer=OPT), batches(2)
+    state, _ = recipe.step(recipe.init(backbone, seed=0), backbone, data[0])  # B != 0
+    recipe.step(state, Autocast(Spy(), torch.bfloat16), data[1])
+    exact = recipe.adapter(backbone).merge(state.student, backbone.base())
+    assert seen and any(not torch.equal(exact[k], backbone.base()[k]) for k in seen)
+    views, base = recipe.adapter(backbone).views(state.student), backbone.base()
+    for k, w in seen.items():
+        assert w.dtype == torch.bfloat16, k
+        p = views[k.removesuffix(".weight")]
+        # bf16 rounds W0, B and A (2^-9 relative each) and the result once more: the error is
+        # at most 2^-8·(|W0| + |B||A| + |Ŵ|), elementwise, with |B||A| the product of magnitudes.
+        bound = 2.0**-8 * (base[k].abs() + p["lora_b"].abs() @ p["lora_a"].abs() + exact[k].abs())
+        assert bool(((w.float() - exact[k]).abs() <= bound).all()), k
+    fp32 = train(recipe, backbone, data, steps=2)
+    bf16 = train(recipe, backbone, data, steps=2, precision="bf16")
+    for tree in (bf16.student, bf16.student_opt.exp_avg, bf16.student_opt.exp_avg_sq):
+        assert all(v.dtype == torch.float32 for v in tree.values())
+    for k in fp32.student:
+        torch.testing.assert_close(bf16.student[k], fp32.student[k], rtol=0, atol=0.05)

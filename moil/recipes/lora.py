@@ -10,6 +10,7 @@ from torch import Tensor
 
 from moil.approx import Adapter, Approximation
 from moil.optim import AdamW
+from moil.precision import forward_precision
 from moil.recipes.parts import PerBackbone
 from moil.recipes.protocol import head_size
 from moil.recipes.student import Student, student_seed
@@ -79,7 +80,9 @@ class LoRA:
         adapter, base = self.adapter(backbone), backbone.base()
 
         def forward(tree, b):
-            return backbone({**adapter.merge(tree["student"], base), **tree["heads"]}, b)
+            with forward_precision(backbone, base):
+                merged = adapter.merge(tree["student"], base)
+            return backbone({**merged, **tree["heads"]}, b)
 
         return self.task.step(state, forward, batch)
 
