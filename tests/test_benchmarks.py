@@ -18,7 +18,7 @@ import torch
 pytest.importorskip("peft")
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ("step_cost", "many_students", "inference", "imitation_quality", "fit_cost", "merge_precision")
+SCRIPTS = ("step_cost", "many_students", "inference", "imitation_quality", "fit_cost", "merge_precision", "memory_trace")
 TINY = ["--size", "tiny", "--steps", "2", "--device", "cpu", "--threads", "1"]
 
 

@@ -229,7 +229,7 @@ def test_torchrun_two_processes_equal_one_and_resume_exactly(tmp_path):
     """2 ranks (gloo) = 1 process with the same global batch: teacher, heads, momentum target,
     students and their optimiser moments within 1e-6; a 2-rank run SIGKILLed mid-run and
     resumed ends bitwise equal to the uninterrupted 2-rank run."""
-    steps = 4
+    steps = 6  # the kill must land between the first checkpoint and the end, also on a loaded machine
     config = tmp_path / "run.toml"
     config.write_text(CONFIG.format(batch=4, steps=steps))
     one, two = tmp_path / "one", tmp_path / "two"
@@ -258,7 +258,7 @@ def test_torchrun_two_processes_equal_one_and_resume_exactly(tmp_path):
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None:
-            if (killed / "checkpoint.safetensors").exists() and _checkpoint_step(killed) >= 2:
+            if (killed / "checkpoint.safetensors").exists() and _checkpoint_step(killed) >= 1:
                 break
             time.sleep(0.05)
     finally:
