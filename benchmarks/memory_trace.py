@@ -7,7 +7,9 @@ state: trained tensors, optimiser moments, copies), the step's peak above that, 
 the peak; then each arm's held and peak heap ÷ the first arm's, and the held difference in
 copies of the trained tensors (targets + heads). Unlike ``step_cost``'s ``VmHWM`` (what the OS
 gave the process, including the allocator's cached free memory) this counts live bytes only,
-so it says which tensors make a difference. CPU and glibc only.
+so it says which tensors make a difference. CPU and glibc only; ``mallinfo2``'s small-chunk
+count covers the main arena, so run it with ``--threads 1`` (torch then allocates on the main
+thread). Read after each op, so a transient inside one op is not seen.
 
 Usage: ``python benchmarks/memory_trace.py --size vilt-b32 --precision bf16 [--arms full_ft torch_full_ft]``.
 """

@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     base = setup.backbone.base()
     rank = common.equal_size_rank(setup.backbone, Hybrid(setup.rank))
     adapter = Adapter(LowRank(rank), tuple(setup.backbone.targets))
+    scale = adapter.approx.scale
     g = torch.Generator().manual_seed(args.seed)
     params = {k: (0.02 * torch.randn(v.shape, generator=g)).to(setup.device) for k, v in adapter.init(base).items()}
     params = {k: v.requires_grad_(True) for k, v in params.items()}
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         worst = 0.0
         for k in grads:
             p = views[k.removesuffix(".weight")]
-            bound = 2.0**-8 * (base[k].abs() + p["lora_b"].abs() @ p["lora_a"].abs() + exact[k].abs())
+            bound = 2.0**-8 * (base[k].abs() + scale * p["lora_b"].abs() @ p["lora_a"].abs() + exact[k].abs())
             worst = max(worst, float(((low[k].float() - exact[k]).abs() / bound).max()))
     ratios = {
         "forward/fp32": times["forward"]["median"] / times["fp32"]["median"],

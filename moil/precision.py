@@ -43,14 +43,15 @@ class Autocast:
 
 
 def forward_precision(backbone: Any, tensors: Mapping[str, Tensor]) -> contextlib.AbstractContextManager:
-    """The forward's autocast for work that feeds it, e.g. an adapter's merge ``W0 + s·B A``.
+    """The forward's bf16 autocast for work that feeds it, e.g. LoRA's merge ``W0 + s·B A``.
 
-    Under an :class:`Autocast` backbone the merged weight is cast to its dtype at the first
-    matmul anyway; making it in that dtype (one bf16 ``addmm``, fp32 accumulation) costs
-    a third of the fp32 product and its backward on bf16 hardware, as PEFT's ``(x A) B``
-    path does. A no-op for an fp32 backbone. ``tensors`` tell the device.
+    Under a bf16 :class:`Autocast` backbone the merged weight is cast to bf16 at its first
+    matmul anyway; making it in bf16 (one ``addmm``, fp32 accumulation) costs a third of the
+    fp32 product and its backward on bf16 hardware, as PEFT's ``(x A) B`` path does. A no-op
+    for fp32 and for fp16: with no loss scaling, the fp16 backward of the merge underflows
+    (``Bᵀ dW`` of a small ``B``). ``tensors`` tell the device.
     """
-    if not isinstance(backbone, Autocast):
+    if not isinstance(backbone, Autocast) or backbone.dtype != torch.bfloat16:
         return contextlib.nullcontext()
     device = next(iter(tensors.values())).device.type if tensors else "cpu"
     return torch.autocast(device_type=device, dtype=backbone.dtype)

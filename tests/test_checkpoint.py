@@ -511,3 +511,37 @@ def test_a_save_replacing_the_file_between_safetensors_two_opens_is_reread_not_c
     with pytest.raises(CorruptCheckpointError, match="checksum"):
         load_checkpoint(path)
     assert len(calls) == 1
+
+
+def test_a_checkpoint_removed_or_rewritten_during_every_read_names_what_happened(tmp_path, monkeypatch):
+    """A file removed while read gives FileNotFoundError saying so (not "corrupt"); a file that a
+    save overtakes on every read gives an error saying to read it while its run is paused."""
+    from moil.checkpoint.atomic import read_unreplaced
+
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, {"x": torch.zeros(3)}, {"step": 1})
+    real = ckpt._read_verified
+
+    def then_removed(p):
+        out = real(p)
+        p.unlink()
+        return out
+
+    monkeypatch.setattr(ckpt, "_read_verified", then_removed)
+    with pytest.raises(FileNotFoundError, match="removed while it was being read"):
+        load_checkpoint(path)
+
+    save_checkpoint(path, {"x": torch.zeros(3)}, {"step": 1})
+    saves = iter(range(2, 100))
+
+    def overtaken(p):
+        out = real(p)
+        time.sleep(0.002)  # a distinct mtime
+        save_checkpoint(p, {"x": torch.zeros(3)}, {"step": next(saves)})
+        return out
+
+    monkeypatch.setattr(ckpt, "_read_verified", overtaken)
+    with pytest.raises(CorruptCheckpointError, match="replaced by a newer save during each of 5 reads"):
+        load_checkpoint(path)
+    with pytest.raises(ValueError, match="tries must be >= 1"):
+        read_unreplaced(path, real, busy=RuntimeError, tries=0)

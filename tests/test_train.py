@@ -149,7 +149,7 @@ def test_validate_leaves_the_callers_rng_and_may_not_shadow_a_step_metric(backbo
 
 
 def test_lora_merges_its_weights_in_the_forward_precision(backbone):
-    """Under bf16 autocast LoRA's merge ``W0 + s·B A`` runs in bf16 too (it is cast there at its
+    """Under bf16 autocast LoRA's LowRank merge ``W0 + s·B A`` runs in bf16 too (it is cast there at its
     first matmul anyway; PEFT's ``(x A) B`` path is bf16 throughout): the backbone receives bf16
     targets, within two bf16 roundings of the fp32 merge, and the adapter, its moments and the
     trained result stay fp32 and near the fp32 run."""
@@ -167,7 +167,7 @@ def test_lora_merges_its_weights_in_the_forward_precision(backbone):
             seen.update({k: params[k] for k in backbone.base() if k.endswith(".weight")})
             return backbone(params, batch)
 
-    recipe, data = LoRA(TASK, LowRank(2), optimizer=OPT), batches(2)
+    recipe, data = LoRA(TASK, LowRank(2, scale=0.5), optimizer=OPT), batches(2)
     state, _ = recipe.step(recipe.init(backbone, seed=0), backbone, data[0])  # B != 0
     recipe.step(state, Autocast(Spy(), torch.bfloat16), data[1])
     exact = recipe.adapter(backbone).merge(state.student, backbone.base())
@@ -177,8 +177,8 @@ def test_lora_merges_its_weights_in_the_forward_precision(backbone):
         assert w.dtype == torch.bfloat16, k
         p = views[k.removesuffix(".weight")]
         # bf16 rounds W0, B and A (2^-9 relative each) and the result once more: the error is
-        # at most 2^-8·(|W0| + |B||A| + |Ŵ|), elementwise, with |B||A| the product of magnitudes.
-        bound = 2.0**-8 * (base[k].abs() + p["lora_b"].abs() @ p["lora_a"].abs() + exact[k].abs())
+        # at most 2^-8·(|W0| + s|B||A| + |Ŵ|), elementwise, with |B||A| the product of magnitudes.
+        bound = 2.0**-8 * (base[k].abs() + 0.5 * p["lora_b"].abs() @ p["lora_a"].abs() + exact[k].abs())
         assert bool(((w.float() - exact[k]).abs() <= bound).all()), k
     fp32 = train(recipe, backbone, data, steps=2)
     bf16 = train(recipe, backbone, data, steps=2, precision="bf16")
@@ -186,3 +186,38 @@ def test_lora_merges_its_weights_in_the_forward_precision(backbone):
         assert all(v.dtype == torch.float32 for v in tree.values())
     for k in fp32.student:
         torch.testing.assert_close(bf16.student[k], fp32.student[k], rtol=0, atol=0.05)
+
+
+@pytest.mark.parametrize(
+    ("approx", "dtype"),
+    [("hybrid", torch.bfloat16), ("transform", torch.bfloat16), ("lowrank", torch.float16), ("hybrid", torch.float16)],
+)
+def test_other_merges_stay_fp32_under_autocast(backbone, approx, dtype):
+    """Law: every merge but LowRank's under bf16 runs in fp32 — a Hybrid's bias is an addmv,
+    which CPU autocast leaves in fp32, and fp16 has no loss scaling for the merge's backward —
+    so the backbone receives exactly the fp32 merge, and such a LoRA trains to finite fp32
+    parameters under that precision."""
+    from moil.approx import Hybrid, LowRank, Transform
+    from moil.precision import Autocast
+    from moil.recipes import LoRA
+
+    seen = {}
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(backbone, name)
+
+        def __call__(self, params, batch):
+            seen.update({k: params[k] for k in backbone.base()})
+            return backbone(params, batch)
+
+    made = {"hybrid": Hybrid(2), "transform": Transform(2), "lowrank": LowRank(2)}[approx]
+    recipe, data = LoRA(TASK, made, optimizer=OPT), batches(2)
+    state, _ = recipe.step(recipe.init(backbone, seed=0), backbone, data[0])
+    recipe.step(state, Autocast(Spy(), dtype), data[1])
+    exact = recipe.adapter(backbone).merge(state.student, backbone.base())
+    assert set(exact) <= set(seen)
+    for k in exact:
+        assert seen[k].dtype == torch.float32 and torch.equal(seen[k], exact[k]), k
+    done = train(recipe, backbone, data, steps=2, precision={torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype])
+    assert all(v.dtype == torch.float32 and bool(torch.isfinite(v).all()) for v in done.student.values())

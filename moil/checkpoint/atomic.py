@@ -131,28 +131,38 @@ def tensor_digest(tensors: Mapping[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def read_unreplaced(path: Path, read: Callable[[Path], T], *, tries: int = 5) -> T:
+def read_unreplaced(path: Path, read: Callable[[Path], T], *, busy: Callable[[], Exception], tries: int = 5) -> T:
     """``read(path)`` of a file that a concurrent writer may atomically replace.
 
     A reader that opens the file more than once (safetensors opens it for the header, then
     again for the data) can get one version's header with the next one's bytes — a read
     error or a checksum mismatch that is no fault of either file. Each attempt compares
     the file's identity (device, inode, size, mtime) before and after: if the file was
-    replaced meanwhile, the result or the error is discarded and the read repeated; an
-    error of an unreplaced file is the file's own and is raised. After ``tries``
-    replaced reads the last one's outcome stands.
+    replaced (or removed) meanwhile, the result or the error is discarded and the read
+    repeated; an error of an unreplaced file is the file's own and is raised. ``busy()`` is
+    raised when all ``tries`` reads were overtaken by a save; ``FileNotFoundError`` when the
+    file is gone before a read.
     """
-    for attempt in range(tries):
+    if tries < 1:
+        raise ValueError(f"read_unreplaced: tries must be >= 1, got tries={tries!r}.")
+    for _ in range(tries):
         before = _identity(path)
         try:
             value = read(path)
         except Exception:
-            if attempt + 1 == tries or _identity(path) == before:
+            if _unchanged(path, before):
                 raise
             continue
-        if attempt + 1 == tries or _identity(path) == before:
+        if _unchanged(path, before):
             return value
-    raise AssertionError("unreachable")
+    raise busy()
+
+
+def _unchanged(path: Path, before: tuple[int, ...]) -> bool:
+    try:
+        return _identity(path) == before
+    except FileNotFoundError:
+        return False
 
 
 def _identity(path: Path) -> tuple[int, ...]:

@@ -211,7 +211,14 @@ def load_checkpoint(
             "moil.checkpoint.save_checkpoint(path, tensors) — check the path."
         )
     # A run may be saving over the file as we read it: a torn read is retried, not "corrupt".
-    tensors, metadata = read_unreplaced(path, _read_verified)
+    busy = lambda: CorruptCheckpointError(  # noqa: E731
+        f"checkpoint {str(path)!r} was replaced by a newer save during each of 5 reads; read it while "
+        "its run is paused or finished, or copy it first.")
+    try:
+        tensors, metadata = read_unreplaced(path, _read_verified, busy=busy)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {str(path)!r} was removed while it was being read; "
+                                "check what else writes or cleans that folder.") from None
     if expected is not None:
         check_matches(tensors, expected, source=str(path))
     if device.type != "cpu":

@@ -28,6 +28,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from moil.checkpoint.atomic import read_unreplaced
+
 __all__ = [
     "CACHE_ENV",
     "CacheWarning",
@@ -131,8 +133,11 @@ def load_or_compute(
         )
     path = default_cache_dir(cache_dir) / f"{name}-{key[:20]}.safetensors"
     if path.exists():
-        try:
-            return _read_verified(path, key)
+        try:  # another worker may be writing the same entry: a torn read is retried
+            return read_unreplaced(path, lambda p: _read_verified(p, key), busy=lambda: CorruptCacheError(
+                f"cache file {path} was rewritten by another process during each of 5 reads."))
+        except FileNotFoundError:
+            pass  # removed meanwhile: a miss
         except CorruptCacheError as err:
             if on_corrupt == "raise":
                 raise CorruptCacheError(f"{err} Delete the file to recompute it.") from err
