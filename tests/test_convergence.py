@@ -144,7 +144,7 @@ def test_curves_read_back_names_with_slashes_a_missing_seed_and_the_runs_last_st
 
 
 @pytest.mark.parametrize("grid", ["comparison", "tail-decay", "tail-decay-shrink", "vqa", "convergence", "convergence-seeds",
-                                  "convergence-peers"])
+                                  "convergence-peers", "convergence-sizes", "convergence-lora-r32"])
 def test_the_committed_reports_convergence_rows_are_their_runs_curves(grid):
     """benchmarks/pairs/<grid>/report.md: each convergence row is what its committed
     results.json and curve logs give (every point, the rise, the standard error, n)."""
@@ -208,3 +208,35 @@ def test_the_pairs_readmes_three_seed_longer_run_table_is_its_three_grids():
         expected = (f"| {statistics.mean(scores):.4f} ± {statistics.stdev(scores):.4f} | "
                     + " / ".join(f"{v:.4f}" for v in scores) + " |")
         assert row.endswith(expected), (row, expected)
+
+
+def test_the_pairs_readmes_stored_size_table_at_2400_steps_is_its_grids():
+    """The 2 400-step stored-size table: every score is its grid's seed-0 test accuracy (rank 11
+    from convergence, LoRA r = 32 from its own-rate grid, the rest from convergence-sizes), to
+    the printed digits, and each row's stored size is the runs' own."""
+    from pathlib import Path
+
+    pairs = Path(__file__).resolve().parents[1] / "benchmarks" / "pairs"
+    runs = {(grid, r["arm"]): r for grid in ("convergence", "convergence-sizes", "convergence-lora-r32")
+            for r in json.loads((pairs / grid / "results.json").read_text())["runs"] if r["seed"] == 0}
+    section = (pairs / "README.md").read_text().split("### The stored-size curve at 2 400 steps", 1)[1]
+    table = section.split("Test accuracy:\n\n", 1)[1].split("\n\n", 1)[0]
+    rows = {line.split("|")[1].strip(): [c.strip().strip("*") for c in line.split("|")[2:5]]
+            for line in table.splitlines() if line.startswith("| ") and "(r = " in line}
+    cells = {  # (row, column): (grid, arm, candidate); columns: LoRA, SVD of full FT, TailDecay's SVD
+        ("r = 2", 1): ("convergence-sizes", "moil", "student/svd-r2"),
+        ("r = 4", 0): ("convergence-sizes", "lora-r4", "student/student"),
+        ("r = 4", 1): ("convergence-sizes", "moil", "student/svd-r4"),
+        ("r = 11", 0): ("convergence", "lora", "student/student"),
+        ("r = 11", 1): ("convergence", "moil", "student/svd-r11"),
+        ("r = 11", 2): ("convergence", "moil-shrink", "student/svd-r11"),
+        ("r = 32", 0): ("convergence-lora-r32", "lora-r32", "student/student"),
+        ("r = 32", 1): ("convergence-sizes", "moil", "student/svd-r32"),
+        ("r = 32", 2): ("convergence-sizes", "moil-shrink-r32", "student/svd-r32"),
+    }
+    assert len(rows) == 4
+    for (rank, column), (grid, arm, candidate) in cells.items():
+        (label, values), = ((k, v) for k, v in rows.items() if k.endswith(f"({rank})"))
+        score = runs[grid, arm]["candidates"][candidate]
+        assert values[column] == f"{score['test']['accuracy']:.4f}", (rank, column, values)
+        assert label.split(" (")[0].replace(" ", "") == str(score["stored_parameters"]), (label, score["stored_parameters"])
