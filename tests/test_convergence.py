@@ -144,7 +144,8 @@ def test_curves_read_back_names_with_slashes_a_missing_seed_and_the_runs_last_st
 
 
 @pytest.mark.parametrize("grid", ["comparison", "tail-decay", "tail-decay-shrink", "vqa", "convergence", "convergence-seeds",
-                                  "convergence-peers", "convergence-sizes", "convergence-lora-r32"])
+                                  "convergence-peers", "convergence-sizes", "convergence-lora-r32",
+                                  "convergence-r32-seeds"])
 def test_the_committed_reports_convergence_rows_are_their_runs_curves(grid):
     """benchmarks/pairs/<grid>/report.md: each convergence row is what its committed
     results.json and curve logs give (every point, the rise, the standard error, n)."""
@@ -240,3 +241,32 @@ def test_the_pairs_readmes_stored_size_table_at_2400_steps_is_its_grids():
         score = runs[grid, arm]["candidates"][candidate]
         assert values[column] == f"{score['test']['accuracy']:.4f}", (rank, column, values)
         assert label.split(" (")[0].replace(" ", "") == str(score["stored_parameters"]), (label, score["stored_parameters"])
+
+
+def test_the_pairs_readmes_rank_32_three_seed_table_is_its_grids():
+    """The rank-32 3-seed table: seed 0 from the stored-size grids, seeds 1-2 from
+    convergence-r32-seeds; each per-seed value, mean ± std and stored size is theirs, to the
+    printed digits."""
+    import statistics
+    from pathlib import Path
+
+    pairs = Path(__file__).resolve().parents[1] / "benchmarks" / "pairs"
+    runs = {grid: json.loads((pairs / grid / "results.json").read_text())["runs"]
+            for grid in ("convergence-sizes", "convergence-lora-r32", "convergence-r32-seeds")}
+    table = (pairs / "README.md").read_text().split("### Rank 32 over 3 seeds", 1)[1].split("\n\n- ", 1)[0]
+    rows = (  # (label, candidate, [(grid, arm, seeds)])
+        ("LoRA r = 32", "student/student", [("convergence-lora-r32", "lora-r32", {0}), ("convergence-r32-seeds", "lora-r32", {1, 2})]),
+        ("truncated SVD", "student/svd-r32", [("convergence-sizes", "moil", {0}), ("convergence-r32-seeds", "moil", {1, 2})]),
+        ("full fine-tuning", "teacher", [("convergence-sizes", "moil", {0}), ("convergence-r32-seeds", "moil", {1, 2})]),
+    )
+    for label, candidate, sources in rows:
+        picked = sorted((r for grid, arm, seeds in sources for r in runs[grid] if r["arm"] == arm and r["seed"] in seeds),
+                        key=lambda r: r["seed"])
+        assert [r["seed"] for r in picked] == [0, 1, 2], (label, picked)
+        scores = [r["candidates"][candidate]["test"]["accuracy"] for r in picked]
+        (size,) = {r["candidates"][candidate]["stored_parameters"] for r in picked}
+        row = next(line for line in table.splitlines() if line.startswith(f"| {label}"))
+        expected = (f"| {statistics.mean(scores):.4f} ± {statistics.stdev(scores):.4f} | "
+                    + " / ".join(f"{v:.4f}" for v in scores) + " |")
+        assert row.endswith(expected), (row, expected)
+        assert f"{size:,}".replace(",", " ") + ")" in row, (row, size)
