@@ -543,5 +543,7 @@ def test_a_checkpoint_removed_or_rewritten_during_every_read_names_what_happened
     monkeypatch.setattr(ckpt, "_read_verified", overtaken)
     with pytest.raises(CorruptCheckpointError, match="replaced by a newer save during each of 5 reads"):
         load_checkpoint(path)
+    with pytest.raises(RuntimeError, match="^3$"):  # busy() is told how many reads were tried
+        read_unreplaced(path, overtaken, busy=lambda tries: RuntimeError(str(tries)), tries=3)
     with pytest.raises(ValueError, match="tries must be >= 1"):
         read_unreplaced(path, real, busy=RuntimeError, tries=0)

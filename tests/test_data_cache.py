@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -150,3 +151,28 @@ def test_entry_for_another_key_is_not_returned(tmp_path, payload):
 def test_bad_on_corrupt_value(tmp_path, payload):
     with pytest.raises(ValueError, match="on_corrupt='ignore'"):
         load_or_compute("feat", "x" * 64, Counter(payload), cache_dir=tmp_path, on_corrupt="ignore")
+
+
+def test_an_entry_rewritten_during_every_read_says_so(tmp_path, payload, monkeypatch):
+    """A cache file that another worker replaces during each of the reads is reported as
+    rewritten, with the number of reads tried, not as corrupt."""
+    import time
+
+    from moil.harness.data import cache
+
+    key = "w" * 64
+    load_or_compute("feat", key, Counter(payload), cache_dir=tmp_path)
+    path, real = _only_file(tmp_path), cache._read_verified
+
+    def overtaken(p, k):
+        out = real(p, k)
+        time.sleep(0.002)  # a distinct mtime
+        fresh = p.with_suffix(".new")
+        fresh.write_bytes(p.read_bytes())
+        os.replace(fresh, p)  # a new inode, as a concurrent atomic save gives
+        return out
+
+    monkeypatch.setattr(cache, "_read_verified", overtaken)
+    with pytest.raises(CorruptCacheError, match="rewritten by another process during each of 5 reads"):
+        load_or_compute("feat", key, Counter(payload), cache_dir=tmp_path, on_corrupt="raise")
+    assert path.is_file()

@@ -131,7 +131,7 @@ def tensor_digest(tensors: Mapping[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def read_unreplaced(path: Path, read: Callable[[Path], T], *, busy: Callable[[], Exception], tries: int = 5) -> T:
+def read_unreplaced(path: Path, read: Callable[[Path], T], *, busy: Callable[[int], Exception], tries: int = 5) -> T:
     """``read(path)`` of a file that a concurrent writer may atomically replace.
 
     A reader that opens the file more than once (safetensors opens it for the header, then
@@ -139,8 +139,8 @@ def read_unreplaced(path: Path, read: Callable[[Path], T], *, busy: Callable[[],
     error or a checksum mismatch that is no fault of either file. Each attempt compares
     the file's identity (device, inode, size, mtime) before and after: if the file was
     replaced (or removed) meanwhile, the result or the error is discarded and the read
-    repeated; an error of an unreplaced file is the file's own and is raised. ``busy()`` is
-    raised when all ``tries`` reads were overtaken by a save; ``FileNotFoundError`` when the
+    repeated; an error of an unreplaced file is the file's own and is raised. ``busy(tries)``
+    is raised when all ``tries`` reads were overtaken by a save; ``FileNotFoundError`` when the
     file is gone before a read.
     """
     if tries < 1:
@@ -155,7 +155,7 @@ def read_unreplaced(path: Path, read: Callable[[Path], T], *, busy: Callable[[],
             continue
         if _unchanged(path, before):
             return value
-    raise busy()
+    raise busy(tries)
 
 
 def _unchanged(path: Path, before: tuple[int, ...]) -> bool:

@@ -211,8 +211,8 @@ def load_checkpoint(
             "moil.checkpoint.save_checkpoint(path, tensors) — check the path."
         )
     # A run may be saving over the file as we read it: a torn read is retried, not "corrupt".
-    busy = lambda: CorruptCheckpointError(  # noqa: E731
-        f"checkpoint {str(path)!r} was replaced by a newer save during each of 5 reads; read it while "
+    busy = lambda tries: CorruptCheckpointError(  # noqa: E731
+        f"checkpoint {str(path)!r} was replaced by a newer save during each of {tries} reads; read it while "
         "its run is paused or finished, or copy it first.")
     try:
         tensors, metadata = read_unreplaced(path, _read_verified, busy=busy)

@@ -134,8 +134,8 @@ def load_or_compute(
     path = default_cache_dir(cache_dir) / f"{name}-{key[:20]}.safetensors"
     if path.exists():
         try:  # another worker may be writing the same entry: a torn read is retried
-            return read_unreplaced(path, lambda p: _read_verified(p, key), busy=lambda: CorruptCacheError(
-                f"cache file {path} was rewritten by another process during each of 5 reads."))
+            return read_unreplaced(path, lambda p: _read_verified(p, key), busy=lambda tries: CorruptCacheError(
+                f"cache file {path} was rewritten by another process during each of {tries} reads."))
         except FileNotFoundError:
             pass  # removed meanwhile: a miss
         except CorruptCacheError as err:
