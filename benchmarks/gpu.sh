@@ -29,22 +29,22 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log it, count failu
   [ "$rc" -eq 0 ] || failed=$((failed + 1))
 }
 
-DEVICE=cuda SIZE=vilt-b32 STEPS=10 NOMEM=
+DEVICE=cuda SIZE=vilt-b32 STEPS=10 NOMEM= ROUNDS=
 if [ "${1:-}" = "--dry-run" ]; then
-  DEVICE=cpu SIZE=tiny STEPS=1 NOMEM=--no-memory
+  DEVICE=cpu SIZE=tiny STEPS=1 NOMEM=--no-memory ROUNDS="--rounds 1"  # one round: it checks the commands; its timings mean nothing
   echo "dry run: every step on the CPU at --size tiny" | tee -a "$LOG"
 else
   step machine 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.is_available(), torch.cuda.device_count())"'
   python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' || {
     echo "torch sees no CUDA device (a CPU build of torch?); nothing else to run" | tee -a "$LOG"; exit 1; }
   # 1. Tests whose names mark them as CUDA paths (skipped on CPU): device moves, bf16, memory stats.
-  step cuda-tests 240 python -m pytest -q -x -p no:cacheprovider -k "cuda or gpu" tests/
+  step cuda-tests 240 python -m pytest -q -x -p no:cacheprovider -k "(cuda or gpu) and not dry_run" tests/
 fi
 # 2. Benchmarks on the GPU (synchronised timings, torch.cuda.max_memory_allocated).
-B="--size $SIZE --device $DEVICE --steps $STEPS"
+B="--size $SIZE --device $DEVICE --steps $STEPS $ROUNDS"
 step step-cost 240 python benchmarks/step_cost.py $B $NOMEM --json "$OUT_DIR/step_cost.json"
 step many-students 180 python benchmarks/many_students.py $B --json "$OUT_DIR/many_students.json"
-step inference 120 python benchmarks/inference.py --size "$SIZE" --device "$DEVICE" --steps $((STEPS * 2)) --json "$OUT_DIR/inference.json"
+step inference 120 python benchmarks/inference.py --size "$SIZE" --device "$DEVICE" --steps $((STEPS * 2)) $ROUNDS --json "$OUT_DIR/inference.json"
 step imitation-quality 180 python benchmarks/imitation_quality.py --size "$SIZE" --device "$DEVICE" --steps $((STEPS < 4 ? 4 : 8)) --json "$OUT_DIR/imitation_quality.json"
 step observer-overhead 240 python benchmarks/observer_overhead.py $B $NOMEM --json "$OUT_DIR/observer_overhead.json"
 # 3. `moil train` on CUDA: one process; with >= 2 GPUs, 2 ranks under torchrun (NCCL) compared to it.

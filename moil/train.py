@@ -81,7 +81,7 @@ def train(
     resume: bool = False,
     on_step: Callable[[int, dict], None] | None = None,
     precision: Literal["fp32", "bf16", "fp16"] = "fp32",
-    compile: bool = False,
+    compile: bool | Callable[[Callable], Callable] = False,
     finalize: bool = True,
     validate: Callable[[Any], Mapping[str, float]] | None = None,
     validate_every: int | None = None,
@@ -108,7 +108,9 @@ def train(
       resume: continue from ``run_dir``'s checkpoint if there is one.
       on_step: called as ``on_step(step, metrics)`` after each step.
       precision: autocast dtype of the forward (``"bf16"``/``"fp16"``) or fp32.
-      compile: run ``recipe.step`` under ``torch.compile``.
+      compile: ``True`` runs ``recipe.step`` under ``torch.compile(step, dynamic=False)``
+        (inductor); a function ``step -> compiled step`` chooses the compiler, e.g.
+        ``functools.partial(torch.compile, mode="max-autotune")`` or ``backend="aot_eager"``.
       finalize: apply the recipe's end-of-training fits (e.g. a final SVD fit).
       validate: ``state -> {name: value}``, called after every ``validate_every``-th
         step (before the fits of ``finalize``); its values join that step's metrics
@@ -127,7 +129,7 @@ def train(
     """
     check_arguments(recipe, backbone, steps=steps, seed=seed, run_dir=run_dir, checkpoint_every=checkpoint_every,
                     checkpoint_seconds=checkpoint_seconds, resume=resume, on_step=on_step, validate=validate,
-                    validate_every=validate_every)
+                    validate_every=validate_every, compile=compile)
     steps, seed = int(steps), int(seed)  # a numpy integer is an integer too
     if precision != "fp32":
         if precision not in DTYPES:
@@ -152,7 +154,8 @@ def train(
         if state.step > steps:
             raise ValueError(f"train: {path} is at step {state.step}, past steps={steps}; resume with "
                              f"steps >= {state.step}.")
-    step_fn = torch.compile(recipe.step, dynamic=False) if compile else recipe.step
+    compiler = (lambda step: torch.compile(step, dynamic=False)) if compile is True else compile
+    step_fn = compiler(recipe.step) if compiler else recipe.step
     next_batch = batch_source(batches, state.step)
     meta = {"seed": seed, "recipe": type(recipe).__name__}
     saved_at = time.monotonic()

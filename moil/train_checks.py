@@ -27,7 +27,8 @@ def _positive(value: Any) -> bool:
 
 
 def check_arguments(recipe: Any, backbone: Any, *, steps: Any, seed: Any, run_dir: Any, checkpoint_every: Any,
-                    checkpoint_seconds: Any, resume: Any, on_step: Any, validate: Any, validate_every: Any) -> None:
+                    checkpoint_seconds: Any, resume: Any, on_step: Any, validate: Any, validate_every: Any,
+                    compile: Any = False) -> None:
     """Refuse a bad argument of :func:`~moil.train.train`.
 
     Raises:
@@ -60,6 +61,9 @@ def check_arguments(recipe: Any, backbone: Any, *, steps: Any, seed: Any, run_di
                       f"together, got validate={validate!r}, validate_every={validate_every!r}")),
         (validate_every is not None and not _whole(validate_every, 1), ValueError,
          f"validate_every must be an integer >= 1, got validate_every={validate_every!r}"),
+        (not (isinstance(compile, bool) or callable(compile)), ValueError, (
+            "compile must be True/False or a function step -> compiled step (e.g. "
+            f"functools.partial(torch.compile, backend='aot_eager')), got compile={compile!r}")),
     ):
         if bad:
             raise error(f"train: {message}.")
