@@ -109,7 +109,8 @@ def train(
       on_step: called as ``on_step(step, metrics)`` after each step.
       precision: autocast dtype of the forward (``"bf16"``/``"fp16"``) or fp32.
       compile: ``True`` runs ``recipe.step`` under ``torch.compile(step, dynamic=False)``
-        (inductor); a function ``step -> compiled step`` chooses the compiler, e.g.
+        (inductor); a function ``step -> compiled step`` chooses the compiler and all its
+        options (``dynamic=False`` is not added), e.g.
         ``functools.partial(torch.compile, mode="max-autotune")`` or ``backend="aot_eager"``.
       finalize: apply the recipe's end-of-training fits (e.g. a final SVD fit).
       validate: ``state -> {name: value}``, called after every ``validate_every``-th
@@ -156,6 +157,8 @@ def train(
                              f"steps >= {state.step}.")
     compiler = (lambda step: torch.compile(step, dynamic=False)) if compile is True else compile
     step_fn = compiler(recipe.step) if compiler else recipe.step
+    if not callable(step_fn):
+        raise ValueError(f"train: compile(step) must return the compiled step (a function), got {step_fn!r}.")
     next_batch = batch_source(batches, state.step)
     meta = {"seed": seed, "recipe": type(recipe).__name__}
     saved_at = time.monotonic()

@@ -203,7 +203,8 @@ def test_gpu_script_dry_run_passes_on_cpu(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     log = (tmp_path / "gpu.log").read_text()
     assert "failed steps: 0" in log
-    for step in ("step-cost", "many-students", "inference", "imitation-quality", "observer-overhead", "train-cpu-bf16"):
+    for step in ("step-cost", "many-students", "inference", "imitation-quality", "observer-overhead", "train-cpu",
+                 "train-cpu-bf16"):
         assert f"=== {step}: exit 0" in log, step
 
 

@@ -93,6 +93,8 @@ def test_compile_true_is_inductor_without_dynamic_shapes_and_a_bad_value_is_refu
     assert seen == [(FullFineTune.step, {"dynamic": False})]
     with pytest.raises(ValueError, match="compile must be True/False or a function.*compile='inductor'"):
         train(recipe, backbone, batches(1), steps=1, compile="inductor")
+    with pytest.raises(ValueError, match="compile.step. must return the compiled step.*got None"):
+        train(recipe, backbone, batches(1), steps=1, compile=lambda step: None)
 
 
 def test_evaluate_concatenates_batches(backbone):
