@@ -32,13 +32,13 @@ from moil.harness.run_folder import (
     check_apart,
     hold,
     inputs_of,
-    read_json,
     refuse_both,
     write_json,
     write_text,
 )
 from moil.harness.scoring import PRIMARY_METRIC
-from moil.harness.workers import Reporter, in_processes, intra_op_threads, worker_threads
+from moil.harness.schedule import run_jobs
+from moil.harness.workers import Reporter, intra_op_threads, worker_threads
 
 __all__ = ["run_grid", "summarize", "Reporter"]
 
@@ -58,51 +58,6 @@ def machine(config: Config | None = None) -> dict[str, Any]:
         "workers": workers,
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
-
-
-def _with_folder(result: dict, run_dir: Path) -> dict:
-    # Where its metrics.jsonl lives, relative to the grid folder (for the plots).
-    return {**result, "folder": str(Path(*run_dir.parts[-4:]))}
-
-
-def _finished(job: Job, resume: bool) -> dict | None:
-    """The run's results when ``resume`` finds it done as ``job`` asks (same steps, learning
-    rate and seed, every split scored); else ``None`` — it is (re)trained, from its checkpoint
-    if it has one (a run folder made with another config is refused with its fix)."""
-    done = job.folder / "results.json"
-    if not (resume and done.exists()):
-        return None
-    result = read_json(done, required=("steps", "candidates"),
-                       fix="delete it (with --resume the run is then trained again)")
-    scored = all(split in c for c in result["candidates"].values() for split in job.splits)
-    same = result["steps"] == job.steps and result.get("lr") == job.lr and result.get("seed") == job.seed
-    return _with_folder(result, job.folder) if same and scored else None
-
-
-def _run_jobs(jobs: list[Job], runner: Runner, reporter: Reporter, resume: bool) -> list[dict]:
-    """Results of ``jobs`` in order: finished ones (on ``resume``) read back, the rest
-    trained here or, with ``train.workers > 1``, in that many processes at once."""
-    folders = [job.folder for job in jobs]
-    if len(set(folders)) != len(folders):
-        twice = sorted({str(f) for f in folders if folders.count(f) > 1})
-        raise ValueError(f"two runs would share a folder ({twice[0]}): give learning rates that differ at 6 significant digits")
-    results = [_finished(job, resume) for job in jobs]
-    todo = [i for i, r in enumerate(results) if r is None]
-    if not todo:
-        return results
-    if runner.config.train.workers == 1:
-        for i in todo:
-            results[i] = _with_folder(runner(jobs[i], resume, reporter(jobs[i].label, jobs[i].steps)), jobs[i].folder)
-        return results
-    # Longest runs first, so no worker is left with one long run at the end.
-    todo.sort(key=lambda i: -_RELATIVE_COST.get(runner.arms[jobs[i].arm].recipe, 2))
-    for i, result in zip(todo, in_processes([jobs[i] for i in todo], runner.config, reporter, resume)):
-        results[i] = _with_folder(result, jobs[i].folder)
-    return results
-
-
-#: Rough run cost by recipe (MoIL trains a teacher and imitates; heads skip weight grads).
-_RELATIVE_COST = {"moil": 3, "head": 1}
 
 
 GRID_MANIFEST = "grid.json"
@@ -130,9 +85,9 @@ def run_grid(config: Config, out: str | Path, *, reporter: Reporter = _quiet, re
              overwrite: bool = False) -> dict:
     """Run every task × arm × seed of ``config``; return (and write) the results.
 
-    First every learning-rate sweep run (all arms and tasks at once), then every
-    seed run at the chosen rates; with ``train.workers > 1`` each phase spreads its
-    runs over that many processes. Results are in config order either way. Runs in
+    The learning-rate sweep runs and the seed runs of arms without a sweep start at once;
+    an arm's seed runs start as soon as its sweep has chosen its rate. With
+    ``train.workers > 1`` the runs spread over that many processes. Results are in config order either way. Runs in
     this process use ``train.threads`` intra-op threads; the caller's count is
     restored afterwards.
     """
@@ -170,11 +125,29 @@ def _checked_runner(config: Config) -> Runner:
 
 def _run_grid(config: Config, out: Path, reporter: Reporter, resume: bool, runner: Runner, started: float) -> dict:
     with intra_op_threads(config.train.threads):
+        # An arm's seed runs start as soon as its own sweep is chosen; arms without a sweep
+        # start with the sweeps.
         sweep_jobs = _sweep_jobs(config, out)
-        sweeps, chosen, reuse = _choose(config, sweep_jobs, _run_jobs(sweep_jobs, runner, reporter, resume))
-        seed_jobs = _seed_jobs(config, out, chosen, reuse)
-        seed_results = iter(_run_jobs(seed_jobs, runner, reporter, resume))
-        runs = [reuse.get((task, arm.name, seed)) or next(seed_results)
+        swept = {(j.task, j.arm) for j in sweep_jobs}
+        fixed = {(task, arm.name): arm.learning_rates(task)[0] for task in config.train.tasks
+                 for arm in config.arms if (task, arm.name) not in swept}
+        tried: dict[tuple[str, str], list[tuple[Job, dict]]] = {}
+
+        def follow(job: Job, result: dict) -> list[Job]:
+            key = (job.task, job.arm)
+            if job not in sweep_jobs:
+                return []
+            tried.setdefault(key, []).append((job, result))
+            if len(tried[key]) < sum((j.task, j.arm) == key for j in sweep_jobs):
+                return []
+            _, chosen, reuse = _choose(config, [j for j, _ in tried[key]], [r for _, r in tried[key]])
+            return _seed_jobs(config, out, {key: chosen[key]}, reuse)
+
+        seed_count = sum(len(config.seeds_of(arm)) for _ in config.train.tasks for arm in config.arms)
+        done = run_jobs(sweep_jobs + _seed_jobs(config, out, fixed, {}), runner, reporter, resume, follow,
+                        most=len(sweep_jobs) + seed_count, unlocks=lambda job: job in sweep_jobs)
+        sweeps, chosen, reuse = _choose(config, sweep_jobs, [done[j.folder] for j in sweep_jobs])
+        runs = [reuse.get((task, arm.name, seed)) or done[_seed_folder(out, task, arm.name, seed)]
                 for task in config.train.tasks for arm in config.arms for seed in config.seeds_of(arm)]
         results = {
             "config": config_dict(config),
@@ -212,13 +185,12 @@ def _sweep_jobs(config: Config, out: Path) -> list[Job]:
 
 def _choose(config: Config, jobs: list[Job], results: list[dict]) -> tuple[list[dict], dict, dict]:
     """``(sweeps, chosen, reuse)``: each sweep's val scores and choice, the lr of every
-    (task, arm), and the full-length sweep runs that serve as their seed's run."""
+    (task, arm) that ``jobs`` sweep, and the full-length sweep runs that serve as their seed's run."""
     sweeps, chosen, reuse = [], {}, {}
     for task in config.train.tasks:
         for arm in config.arms:
             tried = [(j, r) for j, r in zip(jobs, results) if (j.task, j.arm) == (task, arm.name)]
             if not tried:
-                chosen[task, arm.name] = arm.learning_rates(task)[0]
                 continue
             scores = [{"lr": j.lr, "val": r["candidates"][r["primary"]]["val"][PRIMARY_METRIC[task]]} for j, r in tried]
             lr = max(scores, key=lambda s: s["val"])["lr"]
@@ -230,14 +202,19 @@ def _choose(config: Config, jobs: list[Job], results: list[dict]) -> tuple[list[
     return sweeps, chosen, reuse
 
 
+def _seed_folder(out: Path, task: str, arm: str, seed: int) -> Path:
+    return out / "runs" / task / arm / f"seed{seed}"
+
+
 def _seed_jobs(config: Config, out: Path, chosen: dict, reuse: dict) -> list[Job]:
-    """One job per task × arm × seed at the chosen lr, except the sweep runs reused."""
+    """One job per task × arm × seed of the (task, arm)s in ``chosen``, at the chosen lr,
+    except the sweep runs reused."""
     return [
-        Job(task, arm.name, seed, chosen[task, arm.name], out / "runs" / task / arm.name / f"seed{seed}",
+        Job(task, arm.name, seed, chosen[task, arm.name], _seed_folder(out, task, arm.name, seed),
             config.train.steps, tuple(config.train.eval_splits),
             f"{task} · {arm.name} · seed {seed} · lr={chosen[task, arm.name]:g}")
-        for task in config.train.tasks for arm in config.arms for seed in config.seeds_of(arm)
-        if (task, arm.name, seed) not in reuse
+        for task in config.train.tasks for arm in config.arms if (task, arm.name) in chosen
+        for seed in config.seeds_of(arm) if (task, arm.name, seed) not in reuse
     ]
 
 

@@ -141,8 +141,17 @@ def _work(index: int, job: Job, resume: bool) -> dict:
             os._exit(143)  # orphaned: the run has checkpointed; nobody waits for a result
 
 
-def in_processes(jobs: list[Job], config: Config, reporter: Reporter, resume: bool) -> list[dict]:
-    """Results of ``jobs`` (in order), run ``config.train.workers`` at a time."""
+def in_processes(jobs: list[Job], config: Config, reporter: Reporter, resume: bool,
+                 follow: Callable[[Job, dict], list[Job]] | None = None, most: int | None = None) -> list[dict]:
+    """Results of ``jobs`` and of the jobs they unlock, in the order they were given, run
+    ``config.train.workers`` at a time.
+
+    ``follow(job, result)`` is called here as each job finishes; the jobs it returns (a
+    sweep's seed runs, once its learning rate is chosen) run in the same pool, so no worker
+    waits for a phase to end. ``most``: how many jobs there can be in all (the pool's size
+    is at most this; default ``len(jobs)``).
+    """
+    jobs = list(jobs)  # grows as follow unlocks jobs
     mp = multiprocessing.get_context("spawn")
     queue, stop = mp.Queue(), mp.Event()
     bars: dict[int, Callable[[int, dict], None]] = {}
@@ -158,17 +167,24 @@ def in_processes(jobs: list[Job], config: Config, reporter: Reporter, resume: bo
             if loss is not None:
                 bars[index](step, {"task_loss": loss})
 
-    pool = ProcessPoolExecutor(min(config.train.workers, len(jobs)), mp_context=mp, initializer=_start,
-                               initargs=(config, queue, stop, os.getpid()))
+    pool = ProcessPoolExecutor(min(config.train.workers, max(most or 0, len(jobs))), mp_context=mp,
+                               initializer=_start, initargs=(config, queue, stop, os.getpid()))
     try:
-        futures = [pool.submit(_work, i, job, resume) for i, job in enumerate(jobs)]
+        futures = {pool.submit(_work, i, job, resume): i for i, job in enumerate(jobs)}
+        results: dict[int, dict] = {}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
             drain()
             for future in done:
-                future.result()  # a failed run stops the grid now, with its own error
-        return [f.result() for f in futures]
+                i = futures[future]
+                results[i] = future.result()  # a failed run stops the grid now, with its own error
+                for job in follow(jobs[i], results[i]) if follow else ():
+                    jobs.append(job)
+                    added = pool.submit(_work, len(jobs) - 1, job, resume)
+                    futures[added] = len(jobs) - 1
+                    pending.add(added)
+        return [results[i] for i in range(len(jobs))]
     except BrokenProcessPool as err:
         raise RuntimeError(
             "a worker process died without a Python error (killed for memory, or a crash); runs "
