@@ -1,4 +1,4 @@
-"""moil.harness.grid.run_grid: sweeps then seed runs, in this process or in worker processes."""
+"""moil.harness.grid.run_grid: sweeps and the seed runs each unlocks, in this process or in worker processes."""
 
 from __future__ import annotations
 

@@ -69,3 +69,38 @@ def test_an_unlocked_job_in_a_taken_folder_is_refused(tmp_path):
         run_jobs([job(tmp_path, "x"), job(tmp_path, "x", lr=2e-3)], Recorder(), quiet, False)
     with pytest.raises(ValueError, match="two runs would share a folder.*lr1"):
         run_jobs([job(tmp_path, "lr1")], Recorder(), quiet, False, lambda j, r: [job(tmp_path, "lr1", seed=1)])
+
+
+def test_a_tied_sweep_chooses_the_first_rate_in_config_order_however_the_runs_finish(tmp_path):
+    """Law: with equal val scores the seed runs use the rate the results' sweeps report, the
+    first in config order, even when the later rate's run finished (or was read back) first."""
+    from moil.harness.config import parse_config
+    from moil.harness.grid import run_grid
+    from moil.harness.jobs import Runner
+
+    def tied(self, job, resume, on_step=None):  # every run scores 0.5 on val: a tie
+        job.folder.mkdir(parents=True, exist_ok=True)
+        result = {"task": job.task, "arm": job.arm, "recipe": "head", "steps": job.steps, "lr": job.lr,
+                "seed": job.seed, "primary": "heads", "metric": "accuracy",
+                "candidates": {"heads": {s: {"accuracy": 0.5} for s in job.splits} | {"stored_parameters": 1}},
+                "train_seconds": 0.0, "peak_memory_mib": 0.0, "model_parameters": 10}
+        (job.folder / "results.json").write_text(json.dumps(result))
+        return result
+
+    config = parse_config({
+        "data": {"limit": 40}, "model": {"family": "tiny"},
+        "train": {"steps": 2, "seeds": [0, 1], "tasks": ["itm"], "threads": 1},
+        "arms": [{"name": "head", "recipe": "head", "lr": [1e-3, 3e-3]}],
+    })
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(Runner, "__call__", tied)
+    monkey.setattr("moil.harness.report.write_report", lambda results, out: None)
+    try:
+        run_grid(config, tmp_path)
+        (tmp_path / "sweep" / "itm" / "head" / "lr0.001" / "results.json").unlink()  # 3e-3 is read back first
+        results = run_grid(config, tmp_path, resume=True)
+    finally:
+        monkey.undo()
+    (sweep,) = results["sweeps"]
+    assert sweep["chosen"] == 1e-3
+    assert [(r["seed"], r["lr"]) for r in results["runs"]] == [(0, 1e-3), (1, 1e-3)]

@@ -13,7 +13,8 @@ One concept per module:
 * :mod:`~moil.harness.run` — one run: train, score, write its folder;
 * :mod:`~moil.harness.jobs` — a grid's jobs and the in-process runner;
 * :mod:`~moil.harness.workers` — jobs in worker processes; torch's thread count;
-* :mod:`~moil.harness.grid` — sweeps then seed runs, and their summary;
+* :mod:`~moil.harness.schedule` — running a grid's jobs: resume, and the seed runs a sweep unlocks;
+* :mod:`~moil.harness.grid` — sweeps and seed runs (an arm's seeds after its own sweep), and their summary;
 * :mod:`~moil.harness.report` — ``report.md`` and its plots;
 * :mod:`~moil.harness.cli` — the ``moil`` command;
 * :mod:`~moil.harness.data` — the offline demo data; ``configs/`` — the built-in configs.

@@ -85,8 +85,9 @@ def run_grid(config: Config, out: str | Path, *, reporter: Reporter = _quiet, re
              overwrite: bool = False) -> dict:
     """Run every task × arm × seed of ``config``; return (and write) the results.
 
-    The learning-rate sweep runs and the seed runs of arms without a sweep start at once;
-    an arm's seed runs start as soon as its sweep has chosen its rate. With
+    The learning-rate sweep runs and the seed runs of arms without a sweep are queued at
+    once (sweeps first); an arm's seed runs join the queue as soon as its sweep has chosen
+    its rate. With
     ``train.workers > 1`` the runs spread over that many processes. Results are in config order either way. Runs in
     this process use ``train.threads`` intra-op threads; the caller's count is
     restored afterwards.
@@ -125,28 +126,29 @@ def _checked_runner(config: Config) -> Runner:
 
 def _run_grid(config: Config, out: Path, reporter: Reporter, resume: bool, runner: Runner, started: float) -> dict:
     with intra_op_threads(config.train.threads):
-        # An arm's seed runs start as soon as its own sweep is chosen; arms without a sweep
-        # start with the sweeps.
+        # An arm's seed runs join the queue as soon as its own sweep has chosen its rate;
+        # arms without a sweep queue theirs with the sweeps.
         sweep_jobs = _sweep_jobs(config, out)
         swept = {(j.task, j.arm) for j in sweep_jobs}
         fixed = {(task, arm.name): arm.learning_rates(task)[0] for task in config.train.tasks
                  for arm in config.arms if (task, arm.name) not in swept}
-        tried: dict[tuple[str, str], list[tuple[Job, dict]]] = {}
+        tried: dict[tuple[str, str], dict[Path, dict]] = {}
 
         def follow(job: Job, result: dict) -> list[Job]:
             key = (job.task, job.arm)
             if job not in sweep_jobs:
                 return []
-            tried.setdefault(key, []).append((job, result))
-            if len(tried[key]) < sum((j.task, j.arm) == key for j in sweep_jobs):
+            tried.setdefault(key, {})[job.folder] = result
+            mine = [j for j in sweep_jobs if (j.task, j.arm) == key]  # config order: a tie goes as at the end
+            if len(tried[key]) < len(mine):
                 return []
-            _, chosen, reuse = _choose(config, [j for j, _ in tried[key]], [r for _, r in tried[key]])
+            _, chosen, reuse = _choose(config, mine, [tried[key][j.folder] for j in mine])
             return _seed_jobs(config, out, {key: chosen[key]}, reuse)
 
         seed_count = sum(len(config.seeds_of(arm)) for _ in config.train.tasks for arm in config.arms)
         done = run_jobs(sweep_jobs + _seed_jobs(config, out, fixed, {}), runner, reporter, resume, follow,
                         most=len(sweep_jobs) + seed_count, unlocks=lambda job: job in sweep_jobs)
-        sweeps, chosen, reuse = _choose(config, sweep_jobs, [done[j.folder] for j in sweep_jobs])
+        sweeps, _, reuse = _choose(config, sweep_jobs, [done[j.folder] for j in sweep_jobs])
         runs = [reuse.get((task, arm.name, seed)) or done[_seed_folder(out, task, arm.name, seed)]
                 for task in config.train.tasks for arm in config.arms for seed in config.seeds_of(arm)]
         results = {

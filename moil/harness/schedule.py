@@ -1,5 +1,5 @@
 """Running a grid's jobs: finished ones reused on resume, the rest in this process or in
-worker processes, and the jobs a finished one unlocks (a sweep's seed runs) started as soon
+worker processes, and the jobs a finished one unlocks (a sweep's seed runs) queued as soon
 as it ends, so no worker waits for a phase to end."""
 
 from __future__ import annotations
@@ -68,9 +68,13 @@ def run_jobs(jobs: list[Job], runner: Runner, reporter: Reporter, resume: bool,
             job = queued.pop(0)
             queued += finished(job, runner(job, resume, reporter(job.label, job.steps)))
         return results
-    # Longest runs first, so no worker is left with one long run at the end.
-    queued.sort(key=lambda job: (not unlocks(job), -_RELATIVE_COST.get(runner.arms[job.arm].recipe, 2)))
-    in_processes(queued, runner.config, reporter, resume, follow=finished, most=most)
+    if not queued:
+        return results
+
+    def order(job: Job) -> tuple[bool, int]:  # longest first: no worker is left with one long run at the end
+        return not unlocks(job), -_RELATIVE_COST.get(runner.arms[job.arm].recipe, 2)
+
+    in_processes(sorted(queued, key=order), runner.config, reporter, resume, follow=finished, most=most, order=order)
     return results
 
 

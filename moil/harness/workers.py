@@ -142,14 +142,17 @@ def _work(index: int, job: Job, resume: bool) -> dict:
 
 
 def in_processes(jobs: list[Job], config: Config, reporter: Reporter, resume: bool,
-                 follow: Callable[[Job, dict], list[Job]] | None = None, most: int | None = None) -> list[dict]:
+                 follow: Callable[[Job, dict], list[Job]] | None = None, most: int | None = None,
+                 order: Callable[[Job], Any] | None = None) -> list[dict]:
     """Results of ``jobs`` and of the jobs they unlock, in the order they were given, run
     ``config.train.workers`` at a time.
 
     ``follow(job, result)`` is called here as each job finishes; the jobs it returns (a
-    sweep's seed runs, once its learning rate is chosen) run in the same pool, so no worker
-    waits for a phase to end. ``most``: how many jobs there can be in all (the pool's size
-    is at most this; default ``len(jobs)``).
+    sweep's seed runs, once its learning rate is chosen) join the queue of waiting jobs,
+    which is kept sorted by ``order`` (stable; none: first come, first run). A job is handed
+    to the pool only when a worker is free, so the queue's order is the order runs start,
+    and after a stop no waiting job starts. ``most``: how many jobs there can be in all
+    (the pool's size is at most this; default ``len(jobs)``).
     """
     jobs = list(jobs)  # grows as follow unlocks jobs
     mp = multiprocessing.get_context("spawn")
@@ -167,23 +170,25 @@ def in_processes(jobs: list[Job], config: Config, reporter: Reporter, resume: bo
             if loss is not None:
                 bars[index](step, {"task_loss": loss})
 
-    pool = ProcessPoolExecutor(min(config.train.workers, max(most or 0, len(jobs))), mp_context=mp,
-                               initializer=_start, initargs=(config, queue, stop, os.getpid()))
+    size = min(config.train.workers, max(most or 0, len(jobs)))
+    pool = ProcessPoolExecutor(size, mp_context=mp, initializer=_start, initargs=(config, queue, stop, os.getpid()))
     try:
-        futures = {pool.submit(_work, i, job, resume): i for i, job in enumerate(jobs)}
         results: dict[int, dict] = {}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+        waiting, running = list(range(len(jobs))), {}
+        while waiting or running:
+            while waiting and len(running) < size:
+                i = waiting.pop(0)
+                running[pool.submit(_work, i, jobs[i], resume)] = i
+            done, _ = wait(running, timeout=0.1, return_when=FIRST_COMPLETED)
             drain()
             for future in done:
-                i = futures[future]
+                i = running.pop(future)
                 results[i] = future.result()  # a failed run stops the grid now, with its own error
                 for job in follow(jobs[i], results[i]) if follow else ():
                     jobs.append(job)
-                    added = pool.submit(_work, len(jobs) - 1, job, resume)
-                    futures[added] = len(jobs) - 1
-                    pending.add(added)
+                    waiting.append(len(jobs) - 1)
+            if order is not None:
+                waiting.sort(key=lambda k: order(jobs[k]))
         return [results[i] for i in range(len(jobs))]
     except BrokenProcessPool as err:
         raise RuntimeError(
