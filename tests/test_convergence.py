@@ -145,7 +145,7 @@ def test_curves_read_back_names_with_slashes_a_missing_seed_and_the_runs_last_st
 
 @pytest.mark.parametrize("grid", ["comparison", "tail-decay", "tail-decay-shrink", "vqa", "convergence", "convergence-seeds",
                                   "convergence-peers", "convergence-sizes", "convergence-lora-r32",
-                                  "convergence-r32-seeds"])
+                                  "convergence-r32-seeds", "convergence-peers-r32"])
 def test_the_committed_reports_convergence_rows_are_their_runs_curves(grid):
     """benchmarks/pairs/<grid>/report.md: each convergence row is what its committed
     results.json and curve logs give (every point, the rise, the standard error, n)."""
@@ -245,17 +245,19 @@ def test_the_pairs_readmes_stored_size_table_at_2400_steps_is_its_grids():
 
 def test_the_pairs_readmes_rank_32_three_seed_table_is_its_grids():
     """The rank-32 3-seed table: seed 0 from the stored-size grids, seeds 1-2 from
-    convergence-r32-seeds; each per-seed value, mean ± std and stored size is theirs, to the
-    printed digits."""
+    convergence-r32-seeds, DoRA and PiSSA from convergence-peers-r32; each per-seed value,
+    mean ± std and stored size is theirs, to the printed digits."""
     import statistics
     from pathlib import Path
 
     pairs = Path(__file__).resolve().parents[1] / "benchmarks" / "pairs"
     runs = {grid: json.loads((pairs / grid / "results.json").read_text())["runs"]
-            for grid in ("convergence-sizes", "convergence-lora-r32", "convergence-r32-seeds")}
+            for grid in ("convergence-sizes", "convergence-lora-r32", "convergence-r32-seeds", "convergence-peers-r32")}
     table = (pairs / "README.md").read_text().split("### Rank 32 over 3 seeds", 1)[1].split("\n\n- ", 1)[0]
     rows = (  # (label, candidate, [(grid, arm, seeds)])
         ("LoRA r = 32", "student/student", [("convergence-lora-r32", "lora-r32", {0}), ("convergence-r32-seeds", "lora-r32", {1, 2})]),
+        ("DoRA r = 32", "student/student", [("convergence-peers-r32", "dora-r32", {0, 1, 2})]),
+        ("PiSSA r = 32", "student/student", [("convergence-peers-r32", "pissa-r32", {0, 1, 2})]),
         ("truncated SVD", "student/svd-r32", [("convergence-sizes", "moil", {0}), ("convergence-r32-seeds", "moil", {1, 2})]),
         ("full fine-tuning", "teacher", [("convergence-sizes", "moil", {0}), ("convergence-r32-seeds", "moil", {1, 2})]),
     )
