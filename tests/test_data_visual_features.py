@@ -101,6 +101,25 @@ def test_real_features_shape_batching_and_determinism(digits):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("caller_threads", [1, 2])
+def test_real_features_do_not_depend_on_the_callers_thread_count(digits, caller_threads):
+    """Law: the features (and so the cache every run reads) are the same bits whatever intra-op
+    thread count the caller runs at. Twelve images are one partial batch, the shape whose
+    result differed between 1 and 2 threads (by up to 3e-5) before the count was fixed."""
+    from moil.harness.threads import CACHED_THREADS, intra_op_threads
+
+    imgs, ex = digits.train.images[:12], EfficientNetLite0Grid()
+    model = ex.build_model()
+    with intra_op_threads(CACHED_THREADS):
+        reference = ex(imgs, model=model)
+    before = torch.get_num_threads()
+    with intra_op_threads(caller_threads):
+        assert torch.equal(ex(imgs, model=model), reference)
+        assert torch.get_num_threads() == caller_threads  # the caller's count is restored
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.slow
 def test_real_features_separate_digit_classes(digits):
     """Pretrained features carry class information: nearest class centroid beats chance."""
     ex = EfficientNetLite0Grid()

@@ -65,3 +65,22 @@ def test_a_pair_run_from_the_prealigned_start_trains_no_projection(tmp_path, mon
     backbone = build_backbone(config, "vqa", load_data(config))
     assert sorted(backbone.head_params()) == ["cls.bias", "cls.weight"]
     assert not any("visual_projection" in k for k in backbone.target_keys())
+
+
+@pytest.mark.slow
+def test_the_stage_runs_at_the_fixed_thread_count_whatever_the_callers(tmp_path, monkeypatch):
+    """Law: every forward of the stage runs at ``CACHED_THREADS`` intra-op threads, and the caller's
+    count is back afterwards; so the cached start every arm reads does not depend on how many
+    threads the run that computed it used (400 steps turn last-bit differences into another start)."""
+    import moil.harness.prealign as pa
+    from moil.harness.config import PrealignSpec
+    from moil.harness.threads import CACHED_THREADS, intra_op_threads
+
+    seen = []
+    logits = pa._logits
+    monkeypatch.setattr(pa, "_logits", lambda model, batch: seen.append(torch.get_num_threads()) or logits(model, batch))
+    caller = CACHED_THREADS + 1
+    with intra_op_threads(caller):
+        pa.prealigned_model(PrealignSpec(steps=2, batch_size=8), "nlvr2", None, limit=20, cache_dir=tmp_path)
+        assert torch.get_num_threads() == caller
+    assert seen and set(seen) == {CACHED_THREADS}

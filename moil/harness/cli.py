@@ -125,7 +125,7 @@ def train(
     if plan == "done":
         console.print(f"{out} already finished its {steps} steps; nothing to do (--overwrite trains it again).")
         return print_run(_read_json(out / "results.json"))
-    from moil.harness.workers import intra_op_threads
+    from moil.harness.threads import intra_op_threads
 
     try:  # train.threads applies here as in `moil ablate` (0: torch's default)
         with progress_reporter() as reporter, intra_op_threads(cfg.train.threads):

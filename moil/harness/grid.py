@@ -38,7 +38,8 @@ from moil.harness.run_folder import (
 )
 from moil.harness.scoring import PRIMARY_METRIC
 from moil.harness.schedule import run_jobs
-from moil.harness.workers import Reporter, intra_op_threads, worker_threads
+from moil.harness.threads import intra_op_threads
+from moil.harness.workers import Reporter, worker_threads
 
 __all__ = ["run_grid", "summarize", "Reporter"]
 

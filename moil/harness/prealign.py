@@ -35,11 +35,12 @@ from moil.harness.data.cache import content_key, load_or_compute
 from moil.harness.data.demo import DemoData, prepare_demo_data
 from moil.harness.data.pairs import POOLED_SIDE, pool_grid
 from moil.harness.data.text import minilm_path
+from moil.harness.threads import CACHED_THREADS, intra_op_threads
 from moil.schedules import WarmupLinearDecay
 
 __all__ = ["ALIGN_METRICS", "EVAL_SEED", "prealign", "prealigned_model"]
 
-FORMAT = "prealign-v3"  # bump when the stage's recipe changes: old entries are then ignored
+FORMAT = "prealign-v4"  # bump when the stage's recipe changes: old entries are then ignored (v4: fixed threads)
 EVAL_SEED = 2024
 #: Metrics stored with the weights (shape (1,): the cache hashes bytes), read back by :func:`prealigned_model`.
 ALIGN_METRICS = ("val_itm_accuracy", "train_loss_last_tenth", "seconds")
@@ -59,8 +60,15 @@ def prealign(spec: PrealignSpec, demo: DemoData) -> dict[str, Tensor]:
 
     Visual tokens: ``(N, 16, D)`` grids pooled to ``(N, 4, D)``; batches of ``spec.batch_size``
     rows (half as many images). ``val_itm_accuracy``: matching accuracy on ``demo.val`` (every
-    image with one matching and one wrong caption of the validation templates).
+    image with one matching and one wrong caption of the validation templates). Runs at
+    :data:`~moil.harness.threads.CACHED_THREADS` intra-op threads whatever the caller's: its
+    result is cached and starts every arm, so it must not depend on the caller's count.
     """
+    with intra_op_threads(CACHED_THREADS):
+        return _prealign(spec, demo)
+
+
+def _prealign(spec: PrealignSpec, demo: DemoData) -> dict[str, Tensor]:
     t0 = time.perf_counter()
     train_visual = pool_grid(demo.train.visual_embeds)
     model, new = _new_model(train_visual.shape[-1], "itm", None, spec.seed)

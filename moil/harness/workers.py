@@ -13,7 +13,8 @@ event does. A run folder's lock (:func:`moil.harness.run_folder.hold`) makes a l
 ``--resume`` refuse a folder some worker still writes.
 
 Torch's intra-op thread count is process-global: a worker sets its own; in the
-caller's process :func:`intra_op_threads` sets it for a block and restores it.
+caller's process :func:`moil.harness.threads.intra_op_threads` sets it for a block and
+restores it.
 """
 
 from __future__ import annotations
@@ -27,16 +28,15 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 from queue import Empty
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
 from moil.harness.config import Config
 from moil.harness.jobs import Job, Runner
 
-__all__ = ["Reporter", "in_processes", "intra_op_threads", "worker_threads"]
+__all__ = ["Reporter", "in_processes", "worker_threads"]
 
 #: ``start(label, total_steps) -> on_step(step, metrics)``; the CLI draws progress bars.
 Reporter = Callable[[str, int], Callable[[int, dict], None]]
@@ -45,20 +45,6 @@ Reporter = Callable[[str, int], Callable[[int, dict], None]]
 def worker_threads(config: Config) -> int:
     """Intra-op threads of each worker: as configured, else cores ÷ workers."""
     return config.train.threads or max(1, (os.cpu_count() or 1) // config.train.workers)
-
-
-@contextmanager
-def intra_op_threads(threads: int) -> Iterator[None]:
-    """Torch's intra-op threads = ``threads`` inside the block (0: left as it is), and
-    the caller's count again after it, however the block ends."""
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
 
 
 _worker: dict[str, Any] = {}

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from moil.harness.data._checks import check_positive_int
 from moil.harness.data.cache import content_key, load_or_compute
+from moil.harness.threads import CACHED_THREADS, intra_op_threads
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "LITE_MEAN", "LITE_STD", "EfficientNetLite0Grid"]
 
@@ -47,7 +48,7 @@ LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-FORMAT_VERSION = "efficientnet-lite0-grid-v1"  # bump when preprocessing changes
+FORMAT_VERSION = "efficientnet-lite0-grid-v2"  # bump when preprocessing changes (v2: fixed threads)
 
 # Output of MBConv block i: (channels, number of stride-2 steps from the input).
 # Stages: 16@/2 (0), 24@/4 (1-2), 40@/8 (3-4), 80@/16 (5-7), 112@/16 (8-10),
@@ -168,7 +169,8 @@ class EfficientNetLite0Grid:
         return h.flatten(2).transpose(1, 2)  # (B, C, g, g) -> (B, g*g, C)
 
     def __call__(self, images: Tensor, model: nn.Module | None = None) -> Tensor:
-        """Features of ``images (N, H, W)`` uint8 → ``(N, T, D)`` float32 (no cache).
+        """Features of ``images (N, H, W)`` uint8 → ``(N, T, D)`` float32 (no cache), computed
+        with :data:`~moil.harness.threads.CACHED_THREADS` intra-op threads whatever the caller's.
 
         ``model`` defaults to :meth:`build_model`; pass one to reuse it across calls.
         """
@@ -179,7 +181,8 @@ class EfficientNetLite0Grid:
             )
         model = self.build_model() if model is None else model
         out = torch.empty(images.shape[0], self.num_tokens, self.feature_dim)
-        with torch.inference_mode():
+        # A fixed thread count: the cache must not depend on the caller's (moil.harness.threads).
+        with intra_op_threads(CACHED_THREADS), torch.inference_mode():
             for start in range(0, images.shape[0], self.batch_size):
                 chunk = images[start : start + self.batch_size]
                 out[start : start + chunk.shape[0]] = self._forward(model, self.preprocess(chunk))
