@@ -9,7 +9,7 @@ adds the 1×1 conv head); the ``g × g`` output grid is flattened row-major into
 Default choice (measured on a 2-core CPU VM, ``torch.get_num_threads() == 2``):
 
 * ``resolution=112``, half the native 224: the 5 000 MNIST-5k digits take about 30 s at full
-  CPU speed (224 costs about 5x more), and a 28-pixel digit has no detail that 224 would
+  CPU speed (the cached path runs at one thread, about 50 s; 224 costs about 5x more), and a 28-pixel digit has no detail that 224 would
   show. Features are cached (:meth:`EfficientNetLite0Grid.cached`), so this is paid once.
 * ``layer=15`` (last MBConv block, 320 channels, stride 32): a 4 x 4 grid, T = 16 tokens
   of D = 320 (20 KiB per image, 102 MB for 5 000). Linear probe, 1 500 train / 500 test
@@ -169,8 +169,8 @@ class EfficientNetLite0Grid:
         return h.flatten(2).transpose(1, 2)  # (B, C, g, g) -> (B, g*g, C)
 
     def __call__(self, images: Tensor, model: nn.Module | None = None) -> Tensor:
-        """Features of ``images (N, H, W)`` uint8 → ``(N, T, D)`` float32 (no cache), computed
-        with :data:`~moil.harness.threads.CACHED_THREADS` intra-op threads whatever the caller's.
+        """Features of ``images (N, H, W)`` uint8 → ``(N, T, D)`` float32 (no cache), at the
+        caller's intra-op thread count.
 
         ``model`` defaults to :meth:`build_model`; pass one to reuse it across calls.
         """
@@ -181,8 +181,7 @@ class EfficientNetLite0Grid:
             )
         model = self.build_model() if model is None else model
         out = torch.empty(images.shape[0], self.num_tokens, self.feature_dim)
-        # A fixed thread count: the cache must not depend on the caller's (moil.harness.threads).
-        with intra_op_threads(CACHED_THREADS), torch.inference_mode():
+        with torch.inference_mode():
             for start in range(0, images.shape[0], self.batch_size):
                 chunk = images[start : start + self.batch_size]
                 out[start : start + chunk.shape[0]] = self._forward(model, self.preprocess(chunk))
@@ -194,8 +193,7 @@ class EfficientNetLite0Grid:
             "format": FORMAT_VERSION,
             "weights_path": None,
             "weights_sha256": _file_sha256(self.weights_file()),
-            "batch_size": None,  # does not change the result
-        }
+        }  # batch_size stays in: the last, partial batch's shape changes its last bits
         return content_key(config, {"images": images})
 
     def cached(
@@ -209,13 +207,18 @@ class EfficientNetLite0Grid:
 
         Keyed by :meth:`cache_key`; see :mod:`moil.harness.data.cache` for the folder
         (``cache_dir`` > ``$MOIL_CACHE`` > ``~/.cache/moil``) and corrupt-file handling.
+        Computed at :data:`~moil.harness.threads.CACHED_THREADS` intra-op threads whatever the
+        caller's: a batch's last bits depend on the count for some shapes (a partial batch of 12
+        differed by up to 3e-5 between 1 and 2 threads), and the cache must not.
         Returns ``(N, T, D)`` float32.
         """
         key = self.cache_key(images)
-        out = load_or_compute(
-            "efficientnet_lite0", key, lambda: {"features": self(images)},
-            cache_dir=cache_dir, on_corrupt=on_corrupt,
-        )  # fmt: skip
+
+        def compute() -> dict[str, Tensor]:
+            with intra_op_threads(CACHED_THREADS):
+                return {"features": self(images)}
+
+        out = load_or_compute("efficientnet_lite0", key, compute, cache_dir=cache_dir, on_corrupt=on_corrupt)
         return out["features"]
 
 
