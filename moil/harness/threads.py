@@ -5,7 +5,8 @@ computed at a fixed count, :data:`CACHED_THREADS`: on this CPU a forward's last 
 on the count for some shapes (EfficientNet's last, partial batch of 12 images differs by up to
 3e-5 between 1 and 2 threads), and 400 pre-alignment steps amplify that into a different start
 for every arm (validation ITM 0.956 vs 0.961). With the count fixed, the cache is a function of
-its inputs on one kind of CPU, whatever the caller's count.
+its inputs on one kind of CPU, whatever the caller's count; another kind (AVX2 against AVX-512
+kernels) still gives other last bits.
 """
 
 from __future__ import annotations
