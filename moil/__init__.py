@@ -22,4 +22,12 @@ The parts, one job each:
   and the ``moil`` command; the library above never imports it.
 """
 
+import os
+
+# MKL's conditional numerical reproducibility: without it, MKL on some CPUs (seen on an AMD EPYC)
+# picks code paths by memory alignment, so the same product gives other last bits run to run and
+# exact resume (bitwise equal to an uninterrupted run) breaks. AUTO keeps the CPU's best code path.
+# It must be set before MKL's first call; a user's own setting wins.
+os.environ.setdefault("MKL_CBWR", "AUTO")
+
 __version__ = "0.1.0"

@@ -1,5 +1,6 @@
 """Suite-wide settings."""
 
+import moil  # noqa: F401  (first: it sets MKL_CBWR before MKL's first call)
 import torch
 
 # The test models are tiny: with several intra-op threads the OpenMP hand-off costs

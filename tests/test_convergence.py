@@ -145,7 +145,7 @@ def test_curves_read_back_names_with_slashes_a_missing_seed_and_the_runs_last_st
 
 @pytest.mark.parametrize("grid", ["comparison", "tail-decay", "tail-decay-shrink", "vqa", "convergence", "convergence-seeds",
                                   "convergence-peers", "convergence-sizes", "convergence-lora-r32",
-                                  "convergence-r32-seeds", "convergence-peers-r32"])
+                                  "convergence-r32-seeds", "convergence-peers-r32", "convergence-small-ranks"])
 def test_the_committed_reports_convergence_rows_are_their_runs_curves(grid):
     """benchmarks/pairs/<grid>/report.md: each convergence row is what its committed
     results.json and curve logs give (every point, the rise, the standard error, n)."""
@@ -272,3 +272,27 @@ def test_the_pairs_readmes_rank_32_three_seed_table_is_its_grids():
                     + " / ".join(f"{v:.4f}" for v in scores) + " |")
         assert row.endswith(expected), (row, expected)
         assert f"{size:,}".replace(",", " ") + ")" in row, (row, size)
+
+
+def test_the_pairs_readmes_second_machine_table_is_its_grids():
+    """The second-machine table: each row's two scores are the earlier grids' and the
+    convergence-small-ranks grid's seed-0 test accuracy of the same point, its difference is
+    theirs, and its stored size is the runs' own, to the printed digits."""
+    from pathlib import Path
+
+    pairs = Path(__file__).resolve().parents[1] / "benchmarks" / "pairs"
+    runs = {(grid, r["arm"]): r for grid in ("convergence", "convergence-sizes", "convergence-small-ranks")
+            for r in json.loads((pairs / grid / "results.json").read_text())["runs"] if r["seed"] == 0}
+    section = (pairs / "README.md").read_text().split("### Small ranks, and the same points on a second machine", 1)[1]
+    table = section.split("Test accuracy, 2 400 steps, seed 0:\n\n", 1)[1].split("\n\n", 1)[0]
+    rows = [line for line in table.splitlines()[2:]]
+    points = [("convergence-sizes", "student/svd-r2"), ("convergence-sizes", "student/svd-r4"),
+              ("convergence", "student/svd-r11"), ("convergence-sizes", "student/svd-r32"), ("convergence", "teacher")]
+    assert len(rows) == len(points)
+    for row, (earlier, candidate) in zip(rows, points):
+        old = runs[earlier, "moil"]["candidates"][candidate]
+        new = runs["convergence-small-ranks", "moil"]["candidates"][candidate]
+        assert old["stored_parameters"] == new["stored_parameters"]
+        a, b = old["test"]["accuracy"], new["test"]["accuracy"]
+        assert f"({old['stored_parameters']:,})".replace(",", " ") in row, row
+        assert row.endswith(f"| {a:.4f} | {b:.4f} | {100 * (b - a):+.2f} |"), (row, a, b)

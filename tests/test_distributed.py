@@ -240,7 +240,10 @@ def test_torchrun_two_processes_equal_one_and_resume_exactly(tmp_path):
     assert set(a) == set(b)
     assert any(k.startswith("imitation/students/hy/") for k in a) and any("/targets/m0/" in k for k in a)
     for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
+        # 2 ranks sum half-batch gradients in another order than one process: rounding, which 6
+        # AdamW steps amplify where a gradient is tiny (within 1e-6 on AVX-512, not on AVX2).
+        diff = (b[key] - a[key]).abs().max().item()
+        assert diff <= 1e-5, (key, diff)
     # The exported students went through the closed-form final fit (ALS), which amplifies
     # the float-summation differences of the all-reduce, and a Hybrid's factors are defined
     # only up to B G, G⁻¹ A (and U, D alike): what they store agrees to 1e-5.

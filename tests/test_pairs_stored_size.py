@@ -27,7 +27,8 @@ stored_size = _load()
 def test_the_pairs_readmes_pooled_table_is_the_scripts_output_of_the_committed_grids():
     """The README's pooled table (the markdown table under its heading) is exactly the table
     the script prints from the committed grids: no row more, none less, no digit different."""
-    expected = stored_size.table(stored_size.curves(stored_size.gather()))
+    gathered = stored_size.gather()
+    expected = stored_size.table(stored_size.curves(gathered), stored_size.marks(gathered))
     section = (PAIRS / "README.md").read_text().split("### The stored-size curve, pooled", 1)[1]
     lines = section.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| method |"))
@@ -102,3 +103,24 @@ def test_sizes_within_5_percent_chain_into_one_column_and_a_method_may_not_hold_
         stored_size.table([Curve("a", (one(100), one(104)))])
     with pytest.raises(ValueError, match="for a reference, one size"):
         stored_size.table([Curve("a", (one(100),)), Curve("ref", (one(5), one(9)), reference=True)])
+
+
+def test_cells_from_a_recomputed_start_and_only_those_are_marked(tmp_path, monkeypatch):
+    """Laws: a cell (a curve's or a reference's) ends in † exactly when its seeds come from a grid of
+    RECOMPUTED (another machine and pre-aligned start); a point whose seeds come from both is
+    refused, since a spread over two machines is not a seed spread."""
+    monkeypatch.setattr(stored_size, "RECOMPUTED", frozenset({"new"}))
+    monkeypatch.setattr(stored_size, "REFERENCES", frozenset({"ref"}))
+    monkeypatch.setattr(stored_size, "POINTS", {"m": [("old", "a", "c", (0,)), ("new", "b", "c", (0, 1))],
+                                                "ref": [("new", "a", "c", (1,))]})
+    _grid(tmp_path / "old", [_run("a", 0, 0.5)])
+    _grid(tmp_path / "new", [_run("a", 1, 0.7, size=30), _run("b", 0, 0.9, size=20), _run("b", 1, 0.8, size=20)])
+    gathered = stored_size.gather(tmp_path)
+    assert stored_size.marks(gathered) == {("m", 20), ("ref", 30)}
+    lines = stored_size.table(stored_size.curves(gathered), stored_size.marks(gathered)).splitlines()
+    assert lines[2:] == ["| m | 0.5000 (1) | 0.8500 ± 0.0707 (2) † | — |", "| ref (30) | — | — | 0.7000 (1) † |"]
+    assert "†" not in stored_size.table(stored_size.curves(gathered))
+    monkeypatch.setattr(stored_size, "POINTS", {"m": [("old", "a", "c", (0,)), ("new", "a", "c", (1,))]})
+    (tmp_path / "new" / "results.json").write_text(json.dumps({"runs": [_run("a", 1, 0.7)]}))
+    with pytest.raises(ValueError, match=r"m at 10 pools seeds from two machines"):
+        stored_size.gather(tmp_path)

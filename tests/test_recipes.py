@@ -32,7 +32,9 @@ def assert_trees_equal(a, b, exact=True):
         if exact:
             assert torch.equal(a[k], b[k]), k
         else:
-            torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7)
+            # AdamW divides by √v: where a gradient is tiny, the closed form's and autograd's rounding
+            # differ by up to ~1e-7 absolute in the step (seen on AVX2; AVX-512 stayed under 1e-7).
+            torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=5e-7)
 
 
 def test_moil_step_matches_direct_computation(backbone):

@@ -2,8 +2,12 @@
 
 The 2 400-step grids (``convergence``, ``convergence-seeds``, ``convergence-peers``,
 ``convergence-sizes``, ``convergence-lora-r32``, ``convergence-r32-seeds``,
-``convergence-peers-r32``) train on the same data from the same pre-aligned start with the same
-schedule, heads and momentum half-life; each holds some of the (method, rank, seed) points.
+``convergence-peers-r32``, ``convergence-small-ranks``) train on the same data with the same
+config, schedule, heads and momentum half-life; each holds some of the (method, rank, seed)
+points. The grids in :data:`RECOMPUTED` ran on a second machine (an AMD EPYC with AVX2; the others
+on an Intel Xeon with AVX-512), whose kernels give other last bits, from the pre-aligned start
+recomputed there: cells from them are marked ``†``, no point pools seeds from both machines, and
+the full-FT teacher's SVD students re-run there show how far the machine moves a point.
 This script gathers every point's runs from the grid that holds each seed, pools them into one
 curve per method (test accuracy mean ± std over the seeds at each stored size) and writes
 
@@ -12,7 +16,9 @@ curve per method (test accuracy mean ± std over the seeds at each stored size) 
 * ``stored-size-2400.json``, every point with its per-seed scores, learning rates and runs.
 
 The learning rate is each run's own: LoRA runs at 3e-3 at ranks 4 and 11 and at 1e-3 (its val
-sweep's choice) at rank 32, DoRA and PiSSA at rank 32 at their sweeps' choices.
+sweep's choice) at rank 32, DoRA at rank 32 (and at rank 4 on the second machine) and PiSSA at
+rank 32 at their sweeps' choices. Points of the second machine are rows of their own: there the
+same config moved the full-FT teacher's test score by −2.5 points, beyond the seed spread.
 
 Usage: ``python benchmarks/pairs/stored_size.py [--out benchmarks/pairs]``.
 """
@@ -29,6 +35,10 @@ from moil.harness.size_curves import Curve
 
 PAIRS = Path(__file__).resolve().parent
 LORA, SEEDS_12, ALL = "student/student", (1, 2), (0, 1, 2)
+SMALL = "convergence-small-ranks"
+#: Grids run on the second machine, from its recomputed pre-aligned start (cells marked ``†``).
+RECOMPUTED = frozenset({SMALL})
+MARK = " †"
 
 # method -> [(grid, arm, candidate, seeds)]; one entry per grid a point's seeds come from
 POINTS: dict[str, list[tuple[str, str, str, tuple[int, ...]]]] = {
@@ -61,15 +71,22 @@ POINTS: dict[str, list[tuple[str, str, str, tuple[int, ...]]]] = {
     "full fine-tuning of the targets": [
         ("convergence", "moil", "teacher", (0,)), ("convergence-peers", "moil", "teacher", SEEDS_12),
     ],
+    "DoRA (PEFT), second machine": [(SMALL, "dora-r4", LORA, (0,))],
+    "truncated SVD of the full-FT teacher, second machine": [
+        (SMALL, "moil", f"student/svd-r{r}", (0,)) for r in (2, 4, 11, 32)
+    ],
+    "full fine-tuning of the targets, second machine": [(SMALL, "moil", "teacher", (0,))],
 }
-REFERENCE = "full fine-tuning of the targets"
+#: Methods with one size of their own (the last column), not a curve over sizes.
+REFERENCES = frozenset({"full fine-tuning of the targets", "full fine-tuning of the targets, second machine"})
 
 
 def gather(pairs: Path = PAIRS) -> dict[str, dict[int, dict[int, tuple[float, str, float]]]]:
     """``{method: {stored_parameters: {seed: (test accuracy, "grid/arm/candidate", lr)}}}``.
 
-    Raises ``ValueError`` naming the grid when a listed run is missing, twice present, or
-    when one point's candidates differ in stored size.
+    Raises ``ValueError`` naming the grid when a listed run is missing or twice present, and
+    naming the method when one point's seeds come from both machines (a spread over two machines
+    is not a seed spread; see :data:`RECOMPUTED`).
     """
     grids: dict[str, list[dict]] = {}
     out: dict[str, dict[int, dict[int, tuple[float, str, float]]]] = {}
@@ -92,6 +109,12 @@ def gather(pairs: Path = PAIRS) -> dict[str, dict[int, dict[int, tuple[float, st
                 if seed in point:
                     raise ValueError(f"stored_size: {method} at {size} has seed {seed} twice ({point[seed][1]}, {grid}).")
                 point[seed] = (float(score["test"]["accuracy"]), f"{grid}/{arm}/{candidate}", float(runs[0]["lr"]))
+    for method, points in out.items():
+        for size, by_seed in points.items():
+            starts = {run.split("/", 1)[0] in RECOMPUTED for _, run, _ in by_seed.values()}
+            if len(starts) > 1:
+                raise ValueError(f"stored_size: {method} at {size} pools seeds from two machines "
+                                 f"({', '.join(sorted(r for _, r, _ in by_seed.values()))}); list them as two methods.")
     return out
 
 
@@ -104,16 +127,23 @@ def curves(gathered: dict[str, dict[int, dict[int, tuple[float, str, float]]]]) 
             scores = [by_seed[s][0] for s in sorted(by_seed)]
             std = statistics.stdev(scores) if len(scores) > 1 else 0.0
             rows.append((size, statistics.fmean(scores), std, len(scores)))
-        result.append(Curve(method, tuple(rows), reference=method == REFERENCE))
+        result.append(Curve(method, tuple(rows), reference=method in REFERENCES))
     return result
 
 
-def table(found: list[Curve]) -> str:
-    """Markdown: one row per method, one column per stored size, ``mean ± std (n)``; sizes
-    within 5 % of the previous one share a column (DoRA's magnitude vectors add 1-2 %).
+def marks(gathered: dict[str, dict[int, dict[int, tuple[float, str, float]]]]) -> frozenset[tuple[str, int]]:
+    """``{(method, size)}`` of the points with a seed from a :data:`RECOMPUTED` grid."""
+    return frozenset((method, size) for method, points in gathered.items() for size, by_seed in points.items()
+                     if any(run.split("/", 1)[0] in RECOMPUTED for _, run, _ in by_seed.values()))
 
-    Raises ``ValueError`` when one method has two sizes in one column, or head-only or the
-    reference has more than one size.
+
+def table(found: list[Curve], marked: frozenset[tuple[str, int]] = frozenset()) -> str:
+    """Markdown: one row per method, one column per stored size, ``mean ± std (n)``; sizes
+    within 5 % of the previous one share a column (DoRA's magnitude vectors add 1-2 %); the
+    ``(method, size)`` cells in ``marked`` end in ``†``.
+
+    Raises ``ValueError`` when one method has two sizes in one column, or head-only or a
+    reference has other than one size.
     """
     sizes = sorted({p[0] for c in found if not c.reference and c.label != "head-only" for p in c.points})
     groups: list[list[int]] = []
@@ -132,10 +162,12 @@ def table(found: list[Curve]) -> str:
     for c in found:
         if c.reference or c.label == "head-only":  # one size of its own, named in its label
             (size, mean, std, n), = c.points
-            lines.append(f"| {c.label} ({_int(size)}) |" + " — |" * len(groups) + f" {_cell(mean, std, n)} |")
+            mark = MARK if (c.label, size) in marked else ""
+            lines.append(f"| {c.label} ({_int(size)}) |" + " — |" * len(groups) + f" {_cell(mean, std, n)}{mark} |")
             continue
         by_size = {p[0]: p for p in c.points}
-        cells = [next((_cell(*by_size[s][1:]) for s in g if s in by_size), "—") for g in groups]
+        cells = [next((_cell(*by_size[s][1:]) + (MARK if (c.label, s) in marked else "") for s in g if s in by_size), "—")
+                 for g in groups]
         lines.append(f"| {c.label} | " + " | ".join(cells) + " | — |")
     return "\n".join(lines)
 
@@ -154,7 +186,7 @@ def main(argv: list[str] | None = None) -> str:
     args = p.parse_args(argv)
     gathered = gather()
     found = curves(gathered)
-    text = table(found)
+    text = table(found, marks(gathered))
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     size_figure("nlvr2 at 2 400 steps", "accuracy", found).savefig(args.out / "stored-size-2400.png", dpi=110)
