@@ -126,7 +126,7 @@ def _key(spec: PrealignSpec, demo: DemoData, split_seed: int, limit: int) -> str
     config = {"format": FORMAT, "bert": minilm_path().name, "pooled_side": POOLED_SIDE,
               "split_seed": split_seed, "limit": limit, **attrs.asdict(spec)}
     # Keyed on the images: the features are a function of them (the extractor's fixed configuration
-    # and thread count), and hashing the images is cheaper than hashing 70 MB of features.
+    # and thread count).
     return content_key(config, {"images": demo.train.images.images, "labels": demo.train.images.labels,
                                 "val_images": demo.val.images.images})
 

@@ -9,8 +9,9 @@ adds the 1×1 conv head); the ``g × g`` output grid is flattened row-major into
 Default choice (measured on a 2-core CPU VM, ``torch.get_num_threads() == 2``):
 
 * ``resolution=112``, half the native 224: the 5 000 MNIST-5k digits take about 30 s at full
-  CPU speed (the cached path runs at one thread, about 50 s; 224 costs about 5x more), and a 28-pixel digit has no detail that 224 would
-  show. Features are cached (:meth:`EfficientNetLite0Grid.cached`), so this is paid once.
+  CPU speed (224 costs about 5x more; the cached path runs at one thread, so it takes longer),
+  and a 28-pixel digit has no detail that 224 would show. Features are cached
+  (:meth:`EfficientNetLite0Grid.cached`), so this is paid once.
 * ``layer=15`` (last MBConv block, 320 channels, stride 32): a 4 x 4 grid, T = 16 tokens
   of D = 320 (20 KiB per image, 102 MB for 5 000). Linear probe, 1 500 train / 500 test
   digits, flattened tokens: 97.4 % here, 96.0 % for the 1 280-channel head (a ReLU6'd 1x1
