@@ -296,3 +296,44 @@ def test_the_pairs_readmes_second_machine_table_is_its_grids():
         a, b = old["test"]["accuracy"], new["test"]["accuracy"]
         assert f"({old['stored_parameters']:,})".replace(",", " ") in row, row
         assert row.endswith(f"| {a:.4f} | {b:.4f} | {100 * (b - a):+.2f} |"), (row, a, b)
+
+
+def test_the_pairs_readmes_third_start_table_is_its_grid():
+    """The third-start table: each cell is convergence-small-ranks-xeon's seed-0 test accuracy of
+    that (arm, candidate), to the printed digits; each row's stored sizes are the runs' own; DoRA's
+    val sweep scores are its sweeps', to three digits."""
+    from pathlib import Path
+
+    pairs = Path(__file__).resolve().parents[1] / "benchmarks" / "pairs"
+    result = json.loads((pairs / "convergence-small-ranks-xeon" / "results.json").read_text())
+    runs = {r["arm"]: r for r in result["runs"] if r["seed"] == 0}
+    section = (pairs / "README.md").read_text().split("### Small ranks on a third start", 1)[1].split("\n## ", 1)[0]
+    table = section.split("Within it, test accuracy:\n\n", 1)[1].split("\n\n", 1)[0]
+    rows = [[c.strip().strip("*") for c in line.split("|")[1:-1]] for line in table.splitlines()[2:]]
+    columns = {  # rank -> (arm, candidate) per column: LoRA, DoRA, TailDecay's SVD, SVD of full FT
+        2: [("lora-r2", "student/student"), ("dora-r2", "student/student"),
+            ("moil-shrink-r2", "student/svd-r2"), ("moil", "student/svd-r2")],
+        4: [None, ("dora-r4", "student/student"), ("moil-shrink-r4", "student/svd-r4"), ("moil", "student/svd-r4")],
+        11: [None, None, None, ("moil", "student/svd-r11")],
+        32: [None, None, None, ("moil", "student/svd-r32")],
+    }
+    assert len(rows) == len(columns) + 1
+    for row, (rank, cells) in zip(rows, columns.items()):
+        assert row[0].endswith(f"(r = {rank})"), row
+        sizes = set()
+        for value, cell in zip(row[1:], cells):
+            if cell is None:
+                assert value == "—", (rank, row)
+                continue
+            score = runs[cell[0]]["candidates"][cell[1]]
+            assert value == f"{score['test']['accuracy']:.4f}", (rank, cell, value)
+            sizes.add(f"{score['stored_parameters']:,}".replace(",", " "))
+        assert set(row[0].split(" (")[0].split(" / ")) == sizes, (row[0], sizes)
+    teacher = runs["moil"]["candidates"]["teacher"]
+    assert rows[-1][-1] == f"{teacher['test']['accuracy']:.4f}" and f"{teacher['stored_parameters']:,}".replace(",", " ") in rows[-1][0]
+    for sweep in result["sweeps"]:
+        rank = sweep["arm"].removeprefix("dora-r")
+        quoted = " / ".join(f"{s['val']:.3f}" for s in sweep["scores"])
+        assert f"r = {rank}: {quoted}".replace(f"{max(s['val'] for s in sweep['scores']):.3f}",
+                                              f"**{max(s['val'] for s in sweep['scores']):.3f}**") \
+            in section.replace("\n  ", " ").replace(" /\n", " / "), (rank, quoted)
